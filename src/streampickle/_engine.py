@@ -1,0 +1,266 @@
+"""The greenlet bridge: run a blocking pickler or unpickler as a generator.
+
+CPython's C ``Pickler`` calls ``file.write`` once per committed protocol-4 frame and the C
+``Unpickler`` calls ``file.read``/``readinto``/``readline``/``peek`` for its input. Here those
+calls run on a greenlet of their own and *switch out* to the consumer of a generator: the
+pickler's writes become the chunks the generator yields, and the unpickler's reads become
+requests that the driver answers with ``generator.send``. Nothing in this module does I/O, and
+nothing here knows about async: adapters drive the generators however they like.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from greenlet import getcurrent, greenlet
+
+Y = TypeVar("Y")
+S = TypeVar("S")
+R = TypeVar("R")
+
+#: What the incremental pickler yields: ``bytes`` (a frame, or a large ``bytes`` payload) or a
+#: read-only ``memoryview`` of a large buffer the object graph holds (``bytearray``, ``str``'s
+#: UTF-8 form, a ``PickleBuffer``). Neither is ever reused by the engine.
+Chunk = bytes | memoryview
+
+
+def suspend(value: Any) -> Any:
+    """Switch from the worker greenlet out to the generator's consumer, handing it *value*.
+
+    Returns what the consumer sends back. Only valid on a greenlet started by `generate`.
+    """
+    parent = getcurrent().parent
+    if parent is None:  # pragma: no cover - misuse, not reachable from the public API
+        raise RuntimeError("suspend() called outside a streampickle engine greenlet")
+    return parent.switch(value)
+
+
+def generate(func: Callable[..., R], *args: Any) -> Generator[Any, Any, R]:
+    """Run ``func(*args)`` on a greenlet; each `suspend` (value) inside it is yielded from here.
+
+    The value the consumer sends in (``generator.send``) is what `suspend` returns; an exception
+    the consumer throws in is raised from `suspend`, so it unwinds *func*'s stack. The return
+    value of *func* is the generator's return value (``StopIteration.value``) and its exceptions
+    propagate from the ``next``/``send`` call that was running it.
+
+    The caller's ``contextvars`` context is shared with *func* on every resume, so reducers see
+    (and may set) the caller's context variables. Closing the generator early, or garbage
+    collecting it, kills the greenlet with ``GreenletExit`` so no frame of *func* stays alive.
+    A generator started in one thread raises ``RuntimeError`` if resumed from another, since
+    greenlets cannot switch across threads.
+    """
+    worker = greenlet(func)
+    owner = threading.get_ident()
+
+    def resume(method: Callable[..., Any], arg: Any) -> Any:
+        current = threading.get_ident()
+        if current != owner:
+            raise RuntimeError(
+                f"streampickle generator started in thread {owner} was resumed from thread "
+                f"{current}; greenlets cannot switch across threads, so consume each "
+                "incremental pickler/loader in the thread that started it"
+            )
+        this = getcurrent()
+        worker.parent = this
+        worker.gr_context = this.gr_context
+        return method(arg)
+
+    try:
+        out = resume(lambda a: worker.switch(*a), args)
+        while not worker.dead:
+            try:
+                sent = yield out
+            except GeneratorExit:
+                raise
+            except BaseException as exc:  # thrown in by the consumer: unwind func with it
+                out = resume(worker.throw, exc)
+            else:
+                out = resume(worker.switch, sent)
+        result: R = out
+        return result
+    finally:
+        # Unwind a worker left suspended (early close, GC, error). From a foreign thread we
+        # cannot switch; dropping the reference lets greenlet kill it in its own thread.
+        if not worker.dead and threading.get_ident() == owner:
+            worker.parent = getcurrent()
+            worker.throw()
+
+
+# ---------------------------------------------------------------------------------------------
+# File objects handed to the C pickler/unpickler. They look up ``write``/``read`` once, at
+# ``__init__``, so we give them these stable proxies and retarget the proxies instead.
+
+
+class _Writable(Protocol):
+    def write(self, data: Any, /) -> Any: ...
+
+
+class Sink:
+    """The ``file`` a pickler writes to: forwards each write to ``target``."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, target: Callable[[Any], Any] | None) -> None:
+        self.target = target
+
+    def write(self, data: Any) -> Any:
+        target = self.target
+        if target is None:
+            raise RuntimeError("this pickler has no file; use iter_dump() to get its chunks")
+        return target(data)
+
+
+def as_chunk(data: Any) -> Chunk:
+    """Normalise what a pickler wrote into a `Chunk` without copying it."""
+    if type(data) is bytes:
+        return data
+    raw = getattr(data, "raw", None)  # PickleBuffer: a flat byte view even if Fortran-ordered
+    view = raw() if raw is not None else memoryview(data)
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
+    return view.toreadonly()
+
+
+def _yield_write(data: Any) -> None:
+    suspend(as_chunk(data))
+
+
+def iter_dump(dump: Callable[[Any], None], sink: Sink, obj: Any) -> Generator[Chunk, None, None]:
+    """Yield the chunks ``dump(obj)`` writes to *sink*, one per write call.
+
+    *dump* is a pickler's bound ``dump`` whose file is *sink*. While the generator runs, the
+    sink's target is the generator; afterwards it is restored.
+    """
+    if sink.target is _yield_write:
+        raise RuntimeError("this pickler is already dumping from another iter_dump()")
+
+    def run() -> None:
+        saved, sink.target = sink.target, _yield_write
+        try:
+            dump(obj)
+        finally:
+            sink.target = saved
+
+    return generate(run)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sans-IO loader: the unpickler's reads become requests.
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Send back up to *size* bytes; fewer only at end of stream."""
+
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadInto:
+    """Fill *buffer* (a writable byte memoryview) and send back the number of bytes written;
+    fewer than ``len(buffer)`` only at end of stream."""
+
+    buffer: memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLine:
+    """Send back the bytes up to and including the next ``b"\\n"`` (all that is left at end of
+    stream)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Peek:
+    """Send back some bytes (at most *size*) that are next in the stream *without consuming
+    them*; the unpickler consumes what it used with later `Read` requests. An empty reply means
+    the driver has nothing buffered, or end of stream: the unpickler then falls back to `Read`."""
+
+    size: int
+
+
+Request = Read | ReadInto | ReadLine | Peek
+
+
+class Source:
+    """The ``file`` an unpickler reads from: forwards each call to ``target``.
+
+    ``peek`` is always offered so that the C unpickler prefetches when it can; a target without
+    ``peek`` answers ``b""``, which makes the unpickler read exactly what it needs instead.
+    """
+
+    __slots__ = ("target",)
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.target.read(size)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        readinto = getattr(self.target, "readinto", None)
+        if readinto is not None:
+            count: int = readinto(buffer)
+            return count
+        view = memoryview(buffer).cast("B")
+        data = self.target.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def readline(self, size: int = -1) -> bytes:
+        readline = getattr(self.target, "readline", None)
+        if readline is not None:
+            line: bytes = readline()
+            return line
+        out = bytearray()  # a file with only read(): one byte at a time, never past the newline
+        while not out.endswith(b"\n") and (byte := self.target.read(1)):
+            out += byte
+        return bytes(out)
+
+    def peek(self, size: int = 0) -> bytes:
+        peek = getattr(self.target, "peek", None)
+        data: bytes = peek(size) if peek is not None else b""
+        return data
+
+
+class _Requester:
+    """A `Source` target that turns each call into a request yielded out of `generate`."""
+
+    def read(self, size: int) -> bytes:
+        data: bytes = suspend(Read(size))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        count: int = suspend(ReadInto(memoryview(buffer).cast("B")))
+        return count
+
+    def readline(self) -> bytes:
+        line: bytes = suspend(ReadLine())
+        return line
+
+    def peek(self, size: int) -> bytes:
+        data: bytes = suspend(Peek(size))
+        return data
+
+
+def iter_load(load: Callable[[], Any], source: Source) -> Generator[Request, Any, Any]:
+    """Run ``load()`` (an unpickler reading from *source*) as a generator of `Request` s.
+
+    The driver answers each request with ``generator.send(reply)``; the loaded object is the
+    generator's return value. The unpickler consumes exactly the pickle's bytes: data past its
+    STOP opcode is only ever *peeked*, never requested with `Read`.
+    """
+    if isinstance(source.target, _Requester):
+        raise RuntimeError("this unpickler is already loading from another iter_load()")
+
+    def run() -> Any:
+        saved, source.target = source.target, _Requester()
+        try:
+            return load()
+        finally:
+            source.target = saved
+
+    return generate(run)

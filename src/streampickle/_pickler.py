@@ -1,0 +1,256 @@
+"""The drop-in ``pickle`` API and the incremental pickler/loader built on the engine.
+
+`Pickler` and `Unpickler` subclass the standard library's C classes, so everything a
+``pickle.Pickler`` subclass can do (``persistent_id``, ``reducer_override``,
+``dispatch_table``, ``buffer_callback``, memo across dumps) works the same, and ``dump`` /
+``load`` produce and accept exactly the bytes ``pickle`` does. What they add is
+`Pickler.iter_dump` and `Unpickler.iter_load`: the same pickler, driven as a generator.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable, Generator, Iterable
+from typing import Any
+
+from . import _engine
+from ._engine import Chunk, Request
+
+__all__ = [
+    "Pickler",
+    "Unpickler",
+    "dump",
+    "dumps",
+    "iter_dumps",
+    "iter_loads",
+    "load",
+    "loads",
+]
+
+BufferCallback = Callable[[pickle.PickleBuffer], Any] | None
+
+
+class Pickler(pickle.Pickler):
+    """``pickle.Pickler`` that can also stream: ``Pickler(file, protocol).dump(obj)`` writes
+    the same bytes as ``pickle``; ``iter_dump(obj)`` yields them as chunks instead.
+
+    The memo is kept across ``dump``/``iter_dump`` calls until ``clear_memo()``, as in
+    ``pickle``. ``file`` must have a ``write`` method (else ``TypeError``), or be ``None`` for a
+    pickler used only through ``iter_dump``.
+    """
+
+    def __init__(
+        self,
+        file: Any,
+        protocol: int | None = None,
+        *,
+        fix_imports: bool = True,
+        buffer_callback: BufferCallback = None,
+    ) -> None:
+        if file is None:
+            target = None
+        else:
+            try:
+                target = file.write
+            except AttributeError:
+                raise TypeError("file must have a 'write' attribute") from None
+        self._sink = _engine.Sink(target)
+        super().__init__(
+            self._sink, protocol, fix_imports=fix_imports, buffer_callback=buffer_callback
+        )
+
+    def dump(self, obj: Any, /) -> None:
+        """Write the pickled representation of *obj* to the file, as ``pickle.Pickler.dump``."""
+        sink: _engine.Sink | None = getattr(self, "_sink", None)
+        if sink is not None and sink.target is None:
+            raise RuntimeError("this Pickler was created without a file; use iter_dump()")
+        super().dump(obj)
+
+    def iter_dump(self, obj: Any) -> Generator[Chunk, None, None]:
+        """Pickle *obj* as a generator of chunks; joined, they are what `dump` would write.
+
+        At protocols 4 and 5 each chunk is one committed frame (about 64 KiB; a frame only ends
+        at an opcode boundary, so it may reach ~130 KB) or one large payload (a ``bytes``,
+        ``str`` or buffer of 64 KiB or more) passed through without a copy. At protocols 0-3
+        pickles have no frames and the whole pickle is one chunk, at the end.
+
+        A chunk is ``bytes`` or a read-only ``memoryview`` into a buffer of the object being
+        pickled; it stays valid as long as that buffer is not mutated. Pickling errors are
+        raised from the ``next()`` that reaches the bad object, after the chunks before it were
+        yielded. Closing the generator early unwinds the pickler; the memo then holds what was
+        pickled so far, so call ``clear_memo()`` before reusing the pickler for an unrelated
+        stream.
+        """
+        return _engine.iter_dump(super().dump, self._sink, obj)
+
+
+class Unpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that can also be driven sans-IO with `iter_load`.
+
+    ``load()`` reads from *file* exactly as ``pickle.Unpickler`` does (``file`` needs ``read``
+    and ``readline``, else ``TypeError``); ``file`` may be ``None`` for an unpickler used only
+    through `iter_load`.
+    """
+
+    def __init__(
+        self,
+        file: Any,
+        *,
+        fix_imports: bool = True,
+        encoding: str = "ASCII",
+        errors: str = "strict",
+        buffers: Iterable[Any] | None = None,
+    ) -> None:
+        if file is not None:
+            # Look the methods up now, as the C Unpickler does, so a bad file fails here.
+            read, readline = getattr(file, "read", None), getattr(file, "readline", None)
+            if read is None or readline is None:
+                raise TypeError("file must have 'read' and 'readline' attributes")
+        self._source = _engine.Source(file)
+        super().__init__(
+            self._source,
+            fix_imports=fix_imports,
+            encoding=encoding,
+            errors=errors,
+            buffers=buffers,
+        )
+
+    def load(self) -> Any:
+        """Read one pickled object from the file and return it, as ``pickle.Unpickler.load``."""
+        source: _engine.Source | None = getattr(self, "_source", None)
+        if source is not None and source.target is None:
+            raise RuntimeError("this Unpickler was created without a file; use iter_load()")
+        return super().load()
+
+    def iter_load(self) -> Generator[Request, Any, Any]:
+        """Load one object sans-IO: a generator of read requests whose return value is the object.
+
+        Answer each `Read`/`ReadInto`/`ReadLine`/`Peek` request with ``generator.send(reply)``
+        (see their docs); ``StopIteration.value`` is the object. The unpickler consumes exactly
+        the pickle's bytes: anything after its STOP opcode is at most peeked, never read.
+        Errors are those of ``pickle.Unpickler.load``: ``EOFError`` when the stream ends before
+        the first byte, ``UnpicklingError`` (or ``EOFError``) for a truncated or bad pickle.
+        """
+        return _engine.iter_load(super().load, self._source)
+
+
+def dump(
+    obj: Any,
+    file: Any,
+    protocol: int | None = None,
+    *,
+    fix_imports: bool = True,
+    buffer_callback: BufferCallback = None,
+) -> None:
+    """Write the pickled representation of *obj* to *file*, exactly as ``pickle.dump``."""
+    Pickler(file, protocol, fix_imports=fix_imports, buffer_callback=buffer_callback).dump(obj)
+
+
+def dumps(
+    obj: Any,
+    protocol: int | None = None,
+    *,
+    fix_imports: bool = True,
+    buffer_callback: BufferCallback = None,
+) -> bytes:
+    """Return the pickled representation of *obj* as ``bytes``, exactly as ``pickle.dumps``."""
+    # The C implementation builds the result in one buffer: nothing to stream, nothing faster.
+    return pickle.dumps(obj, protocol, fix_imports=fix_imports, buffer_callback=buffer_callback)
+
+
+def load(
+    file: Any,
+    *,
+    fix_imports: bool = True,
+    encoding: str = "ASCII",
+    errors: str = "strict",
+    buffers: Iterable[Any] | None = None,
+) -> Any:
+    """Read one pickled object from *file* and return it, exactly as ``pickle.load``."""
+    return Unpickler(
+        file, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
+    ).load()
+
+
+def loads(
+    data: Any,
+    /,
+    *,
+    fix_imports: bool = True,
+    encoding: str = "ASCII",
+    errors: str = "strict",
+    buffers: Iterable[Any] | None = None,
+) -> Any:
+    """Return the object pickled in the bytes-like *data*, exactly as ``pickle.loads``."""
+    return pickle.loads(
+        data, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
+    )
+
+
+def iter_dumps(
+    obj: Any,
+    protocol: int | None = None,
+    *,
+    fix_imports: bool = True,
+    buffer_callback: BufferCallback = None,
+    pickler_class: Callable[..., pickle.Pickler] = pickle.Pickler,
+) -> Generator[Chunk, None, None]:
+    """The incremental pickler: *obj* pickled as a generator of chunks.
+
+    ``b"".join(iter_dumps(obj, protocol))`` equals ``pickle.dumps(obj, protocol)``. Chunks are
+    as described in `Pickler.iter_dump`. *pickler_class* is any ``pickle.Pickler`` subclass
+    (cloudpickle's ``Pickler``, one with ``persistent_id`` or ``reducer_override``); it is
+    called as ``pickler_class(file, protocol)``, plus ``fix_imports``/``buffer_callback`` when
+    they differ from their defaults.
+    """
+    sink = _engine.Sink(None)
+    kwargs: dict[str, Any] = {}
+    if not fix_imports:
+        kwargs["fix_imports"] = False
+    if buffer_callback is not None:
+        kwargs["buffer_callback"] = buffer_callback
+    pickler = pickler_class(sink, protocol, **kwargs)
+    return _engine.iter_dump(pickler.dump, sink, obj)
+
+
+def iter_loads(
+    *,
+    fix_imports: bool = True,
+    encoding: str = "ASCII",
+    errors: str = "strict",
+    buffers: Iterable[Any] | None = None,
+    unpickler_class: Callable[..., pickle.Unpickler] = pickle.Unpickler,
+) -> Generator[Request, Any, Any]:
+    """The incremental (sans-IO) loader for one object; see `Unpickler.iter_load`.
+
+    *unpickler_class* is any ``pickle.Unpickler`` subclass; it is called as
+    ``unpickler_class(file, fix_imports=..., encoding=..., errors=..., buffers=...)``.
+    """
+    source = _engine.Source(None)
+    unpickler = unpickler_class(
+        source, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
+    )
+    return _engine.iter_load(unpickler.load, source)
+
+
+def drive_load(requests: Generator[Request, Any, Any], file: Any) -> Any:
+    """Answer *requests* (from `iter_loads`/`Unpickler.iter_load`) from a binary sync *file*.
+
+    Returns the loaded object. *file* needs ``read``; ``readinto``, ``readline`` and ``peek``
+    are used when present. This is the reference driver the async ones mirror.
+    """
+    source = _engine.Source(file)
+    reply: Any = None
+    try:
+        while True:
+            request = requests.send(reply)
+            if isinstance(request, _engine.Peek):
+                reply = source.peek(request.size)
+            elif isinstance(request, _engine.Read):
+                reply = source.read(request.size)
+            elif isinstance(request, _engine.ReadInto):
+                reply = source.readinto(request.buffer)
+            else:
+                reply = source.readline()
+    except StopIteration as stop:
+        return stop.value

@@ -15,6 +15,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from greenlet import error as greenlet_error
 from greenlet import getcurrent, greenlet
 
 Y = TypeVar("Y")
@@ -49,20 +50,56 @@ def generate(func: Callable[..., R], *args: Any) -> Generator[Any, Any, R]:
     The caller's ``contextvars`` context is shared with *func* on every resume, so reducers see
     (and may set) the caller's context variables. Closing the generator early, or garbage
     collecting it, kills the greenlet with ``GreenletExit`` so no frame of *func* stays alive.
-    A generator started in one thread raises ``RuntimeError`` if resumed from another, since
-    greenlets cannot switch across threads.
+    Greenlets cannot switch across threads: once started, the generator raises
+    ``RuntimeError`` (and stays usable) if resumed from another thread.
     """
-    worker = greenlet(func)
-    owner = threading.get_ident()
+    return _ThreadBound(_run_on_greenlet(func, *args))
 
-    def resume(method: Callable[..., Any], arg: Any) -> Any:
+
+class _ThreadBound(Generator[Y, S, R]):
+    """Wraps a generator so that resuming it from a foreign thread fails *before* it runs.
+
+    A check inside the generator itself would end it (an exception raised from a generator
+    finishes it), leaving its greenlet suspended and unreachable.
+    """
+
+    __slots__ = ("_inner", "_owner")
+
+    def __init__(self, inner: Generator[Y, S, R]) -> None:
+        self._inner = inner
+        self._owner: int | None = None
+
+    def _check_thread(self) -> None:
         current = threading.get_ident()
-        if current != owner:
+        if self._owner is None:
+            self._owner = current
+        elif current != self._owner:
             raise RuntimeError(
-                f"streampickle generator started in thread {owner} was resumed from thread "
-                f"{current}; greenlets cannot switch across threads, so consume each "
+                f"streampickle generator started in thread {self._owner} was resumed from "
+                f"thread {current}; greenlets cannot switch across threads, so consume each "
                 "incremental pickler/loader in the thread that started it"
             )
+
+    def send(self, value: S) -> Y:
+        self._check_thread()
+        return self._inner.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Y:
+        self._check_thread()
+        if val is None and tb is None:
+            return self._inner.throw(typ)
+        return self._inner.throw(typ, val, tb)  # pragma: no cover - deprecated signature
+
+    def close(self) -> None:
+        if self._owner is not None:
+            self._check_thread()
+        self._inner.close()
+
+
+def _run_on_greenlet(func: Callable[..., R], *args: Any) -> Generator[Any, Any, R]:
+    worker = greenlet(func)
+
+    def resume(method: Callable[..., Any], arg: Any) -> Any:
         this = getcurrent()
         worker.parent = this
         worker.gr_context = this.gr_context
@@ -82,11 +119,26 @@ def generate(func: Callable[..., R], *args: Any) -> Generator[Any, Any, R]:
         result: R = out
         return result
     finally:
-        # Unwind a worker left suspended (early close, GC, error). From a foreign thread we
-        # cannot switch; dropping the reference lets greenlet kill it in its own thread.
-        if not worker.dead and threading.get_ident() == owner:
-            worker.parent = getcurrent()
-            worker.throw()
+        # Unwind a worker left suspended (early close, GC, error). Two cases cannot switch to
+        # it: finalization from a foreign thread (greenlet.error) and a garbage cycle holding
+        # both the generator and the worker, whose deallocation has begun (RuntimeError). In
+        # both, greenlet itself kills the worker when it deallocates it.
+        if not worker.dead:
+            try:
+                worker.parent = getcurrent()
+                worker.throw()
+            except (greenlet_error, RuntimeError):
+                if not _unreachable(worker):
+                    raise
+
+
+def _unreachable(worker: greenlet) -> bool:
+    """True if *worker* cannot be switched to from here (see `_run_on_greenlet`)."""
+    try:
+        worker.parent = getcurrent()
+    except (greenlet_error, ValueError, RuntimeError):
+        return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,318 @@
+"""The incremental pickler: chunk boundaries, zero copy, errors, early exit, contexts, threads."""
+
+from __future__ import annotations
+
+import contextvars
+import copyreg
+import gc
+import io
+import pickle
+import pickletools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import cloudpickle
+import greenlet
+import pytest
+
+import streampickle
+from corpus import Plain, Reduced
+
+FRAME_TARGET = 64 * 1024
+
+
+def live_greenlets() -> int:
+    """Greenlets started and not finished (the main greenlet of each thread excluded)."""
+    gc.collect()
+    return sum(
+        1
+        for o in gc.get_objects()
+        if isinstance(o, greenlet.greenlet) and o and o.parent is not None
+    )
+
+
+def layout(data: bytes) -> tuple[set[int], list[tuple[int, int]], list[tuple[int, int]]]:
+    """Opcode/payload boundaries, frame spans and large-payload spans of a pickle."""
+    ops = list(pickletools.genops(data))
+    boundaries = {len(data)}
+    frames, payloads = [], []
+    for i, (op, arg, pos) in enumerate(ops):
+        end = ops[i + 1][2] if i + 1 < len(ops) else len(data)
+        assert pos is not None and end is not None
+        boundaries.add(pos)
+        if op.name == "FRAME":
+            frames.append((pos, pos + 9 + arg))  # type: ignore[operator]
+        elif isinstance(arg, str | bytes | bytearray):
+            size = len(arg.encode("utf-8", "surrogatepass")) if isinstance(arg, str) else len(arg)
+            if size >= FRAME_TARGET:
+                payloads.append((end - size, end))
+                boundaries.add(end - size)
+    return boundaries, frames, payloads
+
+
+def chunk_spans(chunks: list[streampickle.Chunk]) -> list[tuple[int, int]]:
+    spans, pos = [], 0
+    for chunk in chunks:
+        spans.append((pos, pos + len(chunk)))
+        pos += len(chunk)
+    return spans
+
+
+def big_graph() -> list[Any]:
+    return [
+        [{"id": i, "name": f"record {i}", "score": i / 7} for i in range(30_000)],
+        b"B" * 300_000,
+        "S" * 150_000,
+        bytearray(b"A" * 100_000),
+        list(range(40_000)),
+    ]
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_every_chunk_is_a_whole_frame_or_a_whole_large_payload(protocol: int) -> None:
+    obj = big_graph()
+    chunks = list(streampickle.iter_dumps(obj, protocol))
+    data = b"".join(chunks)
+    assert data == pickle.dumps(obj, protocol)
+    boundaries, frames, payloads = layout(data)
+    spans = chunk_spans(chunks)
+    assert len(frames) > 10 and len(payloads) == 3
+    for start, end in spans:  # chunks start and end between opcodes or at payload edges
+        assert start in boundaries and end in boundaries
+    for frame in frames:  # each frame lies inside one chunk, and a chunk holds one frame
+        holders = [s for s in spans if s[0] <= frame[0] and frame[1] <= s[1]]
+        assert len(holders) == 1
+        assert sum(1 for f in frames if holders[0][0] <= f[0] < holders[0][1]) == 1
+    for payload in payloads:  # large payloads are chunks of their own
+        assert payload in spans
+    framed = [s for s in spans if any(s[0] <= f[0] < s[1] for f in frames)]
+    assert all(end - start <= 2 * FRAME_TARGET + 64 for start, end in framed)
+
+
+def test_large_buffers_pass_through_without_copy() -> None:
+    blob = bytearray(b"z" * 200_000)
+    payload = b"y" * 100_000
+    chunks = list(streampickle.iter_dumps([blob, payload], 5))
+    views = [c for c in chunks if isinstance(c, memoryview)]
+    assert len(views) == 1 and views[0].obj is blob and views[0].readonly
+    assert any(c is payload for c in chunks)  # the user's bytes object itself
+    assert all(isinstance(c, bytes | memoryview) for c in chunks)
+
+
+def test_picklebuffer_chunk_is_a_flat_view_of_the_user_buffer() -> None:
+    array = memoryview(bytearray(range(256)) * 1024).cast("B", (512, 512))
+    chunks = list(streampickle.iter_dumps(pickle.PickleBuffer(array), 5))
+    views = [c for c in chunks if isinstance(c, memoryview)]
+    assert len(views) == 1 and views[0].ndim == 1 and views[0].format == "B"
+    assert views[0].tobytes() == array.tobytes()
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3])
+def test_protocols_without_frames_come_out_whole_at_the_end(protocol: int) -> None:
+    obj = [list(range(20_000)), {"a": "b" * 1000}]
+    gen = streampickle.iter_dumps(obj, protocol)
+    assert list(gen) == [pickle.dumps(obj, protocol)]
+
+
+class Boom:
+    def __reduce__(self) -> Any:
+        raise ValueError("boom at depth")
+
+
+def test_pickling_error_raised_where_it_happens_after_earlier_chunks() -> None:
+    obj = [list(range(100_000)), Boom()]
+    gen = streampickle.iter_dumps(obj, 4)
+    first = next(gen)  # the frames before the bad object are produced first
+    assert first == pickle.dumps([obj[0], None], 4)[: len(first)]
+    with pytest.raises(ValueError, match="boom at depth"):
+        list(gen)
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert live_greenlets() == 0
+
+
+def test_unpicklable_error_is_the_one_pickle_raises() -> None:
+    obj = {"k": [1, 2, threading.Lock()]}
+    with pytest.raises(TypeError) as ours:
+        list(streampickle.iter_dumps(obj, 5))
+    with pytest.raises(TypeError) as theirs:
+        pickle.dumps(obj, 5)
+    assert str(ours.value) == str(theirs.value)
+    assert getattr(ours.value, "__notes__", None) == getattr(theirs.value, "__notes__", None)
+
+
+def test_recursion_error_as_pickle() -> None:
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(RecursionError):
+        pickle.dumps(deep, 4)
+    with pytest.raises(RecursionError):
+        list(streampickle.iter_dumps(deep, 4))
+    assert live_greenlets() == 0
+
+
+def test_early_close_unwinds_the_pickler() -> None:
+    before = live_greenlets()
+    gen = streampickle.iter_dumps([list(range(50_000)), list(range(50_000))], 4)
+    next(gen)
+    assert live_greenlets() == before + 1
+    gen.close()
+    assert live_greenlets() == before
+
+
+def test_garbage_collected_generator_leaves_no_greenlet() -> None:
+    before = live_greenlets()
+    gen = streampickle.iter_dumps(list(range(200_000)), 4)
+    next(gen)
+    del gen
+    assert live_greenlets() == before
+
+
+def test_exception_thrown_in_unwinds_and_propagates() -> None:
+    gen = streampickle.iter_dumps(list(range(200_000)), 4)
+    next(gen)
+    with pytest.raises(KeyError, match="consumer gave up"):
+        gen.throw(KeyError("consumer gave up"))
+    assert live_greenlets() == 0
+
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
+
+
+class ContextReader:
+    def __reduce__(self) -> Any:
+        return (str, (request_id.get(),))
+
+
+def test_contextvars_reach_reducers() -> None:
+    token = request_id.set("req-42")
+    try:
+        data = b"".join(streampickle.iter_dumps([list(range(30_000)), ContextReader()], 4))
+    finally:
+        request_id.reset(token)
+    assert pickle.loads(data)[1] == "req-42"
+
+
+def test_context_of_each_resume_is_used() -> None:
+    gen = streampickle.iter_dumps([list(range(30_000)), ContextReader()], 4)
+    ctx = contextvars.copy_context()
+    ctx.run(request_id.set, "from-ctx")
+    chunks = [ctx.run(next, gen)]
+    chunks += ctx.run(list, gen)
+    assert pickle.loads(b"".join(chunks))[1] == "from-ctx"
+
+
+def test_resuming_from_another_thread_is_refused() -> None:
+    gen = streampickle.iter_dumps(list(range(200_000)), 4)
+    next(gen)
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            next(gen)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+    assert "resumed from thread" in str(errors[0])
+    gen.close()
+    assert live_greenlets() == 0
+
+
+class PersistentPickler(streampickle.Pickler):
+    def persistent_id(self, obj: Any) -> Any:
+        return f"ref:{obj.a}" if isinstance(obj, Plain) else None
+
+
+class StdPersistentPickler(pickle.Pickler):
+    def persistent_id(self, obj: Any) -> Any:
+        return f"ref:{obj.a}" if isinstance(obj, Plain) else None
+
+
+def std_dump(pickler_class: type[pickle.Pickler], *objs: Any, protocol: int = 5) -> bytes:
+    f = io.BytesIO()
+    pickler = pickler_class(f, protocol)
+    for obj in objs:
+        pickler.dump(obj)
+    return f.getvalue()
+
+
+def test_persistent_id_subclass() -> None:
+    obj = [Plain(1, 2), list(range(40_000)), Plain(3, 4)]
+    ours = b"".join(PersistentPickler(None, 5).iter_dump(obj))
+    assert ours == std_dump(StdPersistentPickler, obj)
+    via_arg = b"".join(streampickle.iter_dumps(obj, 5, pickler_class=StdPersistentPickler))
+    assert via_arg == ours
+
+
+def test_reducer_override_and_dispatch_table() -> None:
+    class Override(streampickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            return (str, ("overridden",)) if isinstance(obj, Reduced) else NotImplemented
+
+    obj = [Reduced(1), 2.5]
+    data = b"".join(Override(None, 4).iter_dump(obj))
+    assert pickle.loads(data) == ["overridden", 2.5]
+
+    table = copyreg.dispatch_table.copy()
+    table[complex] = lambda c: (str, (f"complex {c}",))
+    pickler = streampickle.Pickler(None, 4)
+    pickler.dispatch_table = table
+    assert pickle.loads(b"".join(pickler.iter_dump([1j]))) == ["complex 1j"]
+
+
+def test_memo_kept_across_dumps_until_cleared() -> None:
+    shared = ["shared"] * 3
+    pickler = streampickle.Pickler(None, 4)
+    first = b"".join(pickler.iter_dump(shared))
+    second = b"".join(pickler.iter_dump(shared))  # memo hit: a reference, not a copy
+    expected = std_dump(pickle.Pickler, shared, shared, protocol=4)
+    assert first + second == expected
+    pickler.clear_memo()
+    assert b"".join(pickler.iter_dump(shared)) == first
+
+
+def test_mixed_file_dump_and_iter_dump_share_the_memo() -> None:
+    f = io.BytesIO()
+    pickler = streampickle.Pickler(f, 4)
+    shared = {"x": 1}
+    pickler.dump(shared)
+    first = f.getvalue()
+    middle = b"".join(pickler.iter_dump(shared))
+    pickler.dump(shared)  # the file is the target again after iter_dump
+    last = f.getvalue()[len(first) :]
+    assert first + middle + last == std_dump(pickle.Pickler, *[shared] * 3, protocol=4)
+
+
+def test_cloudpickle_as_pickler_class() -> None:
+    offset = 10
+
+    def add(x: int) -> int:
+        return x + offset
+
+    chunks = list(streampickle.iter_dumps(add, 5, pickler_class=cloudpickle.Pickler))
+    assert b"".join(chunks) == cloudpickle.dumps(add, protocol=5)
+    assert pickle.loads(b"".join(chunks))(1) == 11
+
+
+def test_pickler_without_file() -> None:
+    pickler = streampickle.Pickler(None, 4)
+    with pytest.raises(RuntimeError, match="without a file"):
+        pickler.dump(1)
+    with pytest.raises(TypeError, match="'write'"):
+        streampickle.Pickler(object())
+
+
+def test_concurrent_iter_dump_on_one_pickler_is_refused() -> None:
+    pickler = streampickle.Pickler(None, 4)
+    first: Iterator[streampickle.Chunk] = pickler.iter_dump(list(range(100_000)))
+    next(first)
+    with pytest.raises(RuntimeError, match="already dumping"):
+        next(pickler.iter_dump(1))
+    rest = b"".join(first)
+    assert rest  # the first stream is unharmed

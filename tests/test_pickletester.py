@@ -5,6 +5,9 @@ Each mixin runs twice where it makes sense: once through the file-based drop-in 
 ``iter_load`` driven sans-IO from a buffered file, so the ``Peek`` prefetch path is exercised).
 The mixins are imported from the running interpreter's ``test`` package, so each Python version
 checks itself against its own ``pickle``.
+
+Skips: none of ours. The suite skips its 32-bit-only tests on 64-bit builds, and on 3.13 one
+test "only verified in the Python implementation"; both reasons come from pickletester itself.
 """
 
 from __future__ import annotations

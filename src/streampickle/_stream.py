@@ -1,0 +1,241 @@
+"""`PickleStream`: an anyio object stream of pickled objects over any byte stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pickle
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
+from anyio.abc import AnyByteStream, ByteReceiveStream, ByteStream, ObjectStream
+
+from ._engine import Chunk
+from ._pickler import iter_dumps
+from ._readers import (
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_LINE_LENGTH,
+    DEFAULT_MAX_OBJECT_SIZE,
+    Limits,
+    Loader,
+    Source,
+    new_requests,
+)
+from ._writers import write_chunks
+
+__all__ = ["PickleStream"]
+
+
+class _TransportSource(Source):
+    """A `PickleStream` owns its transport, so its loader may always read ahead: leftovers
+    stay in the loader's buffer for the next object."""
+
+    can_unread = True
+
+    def __init__(self, stream: AnyByteStream) -> None:
+        self.stream = stream
+        self._surplus = b""  # an object stream's chunk can be longer than asked for
+
+    async def receive(self, max_bytes: int) -> bytes:
+        data = self._surplus
+        if not data:
+            try:
+                if isinstance(self.stream, ByteReceiveStream):
+                    data = await self.stream.receive(max_bytes)
+                else:
+                    data = await self.stream.receive()
+            except EndOfStream:
+                return b""
+        self._surplus = data[max_bytes:]
+        return data[:max_bytes]
+
+
+@dataclass(eq=False)
+class PickleStream(ObjectStream[Any]):
+    """Send and receive pickled objects over a byte stream (``ObjectStream[Any]``).
+
+    ``send(obj)`` streams ``pickle.dumps(obj, protocol)`` frame by frame (see `adump`);
+    ``receive()`` reads one pickle as `aload` does, with the same limits, keeping bytes read
+    ahead for the next object. Only unpickle from peers you trust, as with ``pickle``.
+
+    Concurrency: concurrent ``send`` calls are serialized (each object goes out whole, in the
+    order the lock is acquired); so are concurrent ``receive`` calls.
+
+    Errors: ``receive`` raises ``anyio.EndOfStream`` at a clean end of stream (between
+    objects), and ``anyio.BrokenResourceError`` (from the unpickler's ``UnpicklingError`` or
+    ``EOFError``) if the stream ends inside an object. A pickling error before the first byte
+    went out leaves the stream usable. A send that fails or is cancelled after its first byte
+    went out leaves a partial pickle on the wire: the stream is then broken for sending (later
+    sends raise ``BrokenResourceError``) and the peer gets an error when the stream ends, never
+    a wrong object. A receive that fails or is cancelled after consuming a byte breaks it for
+    receiving likewise; one cancelled before that leaves it intact. ``aclose`` closes the
+    transport; afterwards ``send``/``receive`` raise ``anyio.ClosedResourceError``.
+    """
+
+    transport_stream: AnyByteStream
+    protocol: int = pickle.DEFAULT_PROTOCOL
+    pickler_class: Callable[..., pickle.Pickler] = pickle.Pickler
+    unpickler_class: Callable[..., pickle.Unpickler] = pickle.Unpickler
+    max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE
+    max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE
+    max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH
+    _loader: Loader = field(init=False, repr=False)
+    _send_lock: anyio.Lock = field(init=False, repr=False, default_factory=anyio.Lock)
+    _receive_lock: anyio.Lock = field(init=False, repr=False, default_factory=anyio.Lock)
+    _partial: bool = field(init=False, default=False)
+    _send_broken: bool = field(init=False, default=False)
+    _receive_broken: bool = field(init=False, default=False)
+    _closed: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        limits = Limits(self.max_frame_size, self.max_object_size, self.max_line_length)
+        self._loader = Loader(_TransportSource(self.transport_stream), limits)
+
+    @classmethod
+    def from_asyncio(
+        cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, **options: Any
+    ) -> PickleStream:
+        """A `PickleStream` over an asyncio ``(StreamReader, StreamWriter)`` pair (as from
+        ``asyncio.open_connection``); *options* are those of the constructor."""
+        return cls(_AsyncioByteStream(reader, writer), **options)
+
+    @classmethod
+    def from_trio(cls, stream: Any, **options: Any) -> PickleStream:
+        """A `PickleStream` over a trio ``Stream`` (``trio.SocketStream``, ``trio.SSLStream``,
+        ``trio.StapledStream``...); *options* are those of the constructor."""
+        return cls(_TrioByteStream(stream), **options)
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self.transport_stream.extra_attributes
+
+    async def send(self, item: Any) -> None:
+        """Pickle *item* into the transport; see the class docstring for errors."""
+        async with self._send_lock:
+            if self._closed:
+                raise ClosedResourceError
+            if self._send_broken:
+                raise BrokenResourceError(
+                    "an earlier send failed or was cancelled half-way; the peer holds a "
+                    "partial pickle, so nothing more can be sent on this PickleStream"
+                )
+            chunks = iter_dumps(item, self.protocol, pickler_class=self.pickler_class)
+            try:
+                await write_chunks(self._track(chunks), self.transport_stream)
+            except BaseException:
+                self._send_broken = self._partial
+                raise
+            finally:
+                self._partial = False
+
+    def _track(self, chunks: Generator[Chunk, None, None]) -> Generator[Chunk, None, None]:
+        """*chunks*, noting when the first one is handed to the transport."""
+        try:
+            for chunk in chunks:
+                self._partial = True
+                yield chunk
+        finally:
+            chunks.close()
+
+    async def receive(self) -> Any:
+        """Read the next object; see the class docstring for errors."""
+        async with self._receive_lock:
+            if self._closed:
+                raise ClosedResourceError
+            if self._receive_broken:
+                raise BrokenResourceError(
+                    "an earlier receive failed or was cancelled inside an object; the rest of "
+                    "that pickle is still on the stream, so nothing more can be received"
+                )
+            loader = self._loader
+            requests = new_requests(True, "ASCII", "strict", None, self.unpickler_class)
+            try:
+                return await loader.load(requests)
+            except BaseException as exc:
+                self._receive_broken = loader.consumed > 0
+                if isinstance(exc, (EOFError, pickle.UnpicklingError)) and loader.eof:
+                    if not self._receive_broken:
+                        raise EndOfStream from None
+                    raise BrokenResourceError(
+                        f"the stream ended inside a pickle, after {loader.consumed} bytes"
+                    ) from exc
+                raise
+
+    async def send_eof(self) -> None:
+        """Close the sending side of the transport (half-close) after the last object."""
+        await self.transport_stream.send_eof()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self.transport_stream.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# anyio ByteStreams over asyncio and trio streams.
+
+
+@dataclass(eq=False)
+class _AsyncioByteStream(ByteStream):
+    """An anyio ``ByteStream`` over an asyncio ``StreamReader``/``StreamWriter`` pair."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        data = await self.reader.read(max_bytes)
+        if not data:
+            raise EndOfStream
+        return data
+
+    async def send(self, item: bytes) -> None:
+        if self.writer.is_closing():
+            raise BrokenResourceError("the asyncio transport is closing")
+        self.writer.write(item)
+        await self.writer.drain()
+
+    async def send_eof(self) -> None:
+        self.writer.write_eof()
+
+    async def aclose(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):  # a reset connection is closed all the same
+            await self.writer.wait_closed()
+
+
+@dataclass(eq=False)
+class _TrioByteStream(ByteStream):
+    """An anyio ``ByteStream`` over a trio ``Stream``; trio's resource errors become anyio's."""
+
+    stream: Any
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        import trio
+
+        try:
+            data: bytes = await self.stream.receive_some(max_bytes)
+        except trio.ClosedResourceError as exc:
+            raise ClosedResourceError from exc
+        except trio.BrokenResourceError as exc:
+            raise BrokenResourceError from exc
+        if not data:
+            raise EndOfStream
+        return data
+
+    async def send(self, item: bytes) -> None:
+        import trio
+
+        try:
+            await self.stream.send_all(item)
+        except trio.ClosedResourceError as exc:
+            raise ClosedResourceError from exc
+        except trio.BrokenResourceError as exc:
+            raise BrokenResourceError from exc
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()

@@ -1,0 +1,459 @@
+"""`aload` / `aiter_load` on real transports of every kind, on asyncio and trio.
+
+The oracle is the standard library: bytes come from ``pickle.dumps`` and objects are compared
+with what ``pickle.loads`` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import os
+import pickle
+import random
+import sys
+import tracemalloc
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anyio
+import pytest
+from anyio.abc import ByteReceiveStream, SocketAttribute, SocketListener, SocketStream, TaskGroup
+from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.stapled import MultiListener
+
+import streampickle
+from streampickle import LimitExceeded, aiter_load, aload
+
+pytestmark = pytest.mark.anyio
+
+PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
+
+
+def objects(protocol: int) -> list[Any]:
+    """Objects covering every read path; large payloads only where they are not text lines."""
+    size = 1000 if protocol == 0 else 300_000
+    return [
+        {"a": [1, 2.5, None], "b": ("x", True)},
+        b"b" * size,
+        "s\u20ac" * (size // 2),
+        bytearray(b"q" * (size // 3)),
+        list(range(500)),
+        None,
+    ]
+
+
+def pickled(objs: Iterable[Any], protocol: int) -> bytes:
+    return b"".join(pickle.dumps(obj, protocol) for obj in objs)
+
+
+def pieces(data: bytes, sizes: Callable[[], int]) -> list[bytes]:
+    out, start = [], 0
+    while start < len(data):
+        step = sizes()
+        out.append(data[start : start + step])
+        start += step
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers of every kind, each delivering given bytes and then end of stream.
+
+
+@asynccontextmanager
+async def tcp_pair() -> AsyncIterator[tuple[SocketStream, SocketStream]]:
+    """(client, server) anyio socket streams over loopback."""
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(SocketAttribute.local_port)
+        client = await anyio.connect_tcp("127.0.0.1", port)
+        async with client, await accept(listener) as server:
+            yield client, server
+
+
+async def accept(listener: MultiListener[SocketStream]) -> SocketStream:
+    """The next connection to a listener of ``anyio.create_tcp_listener``."""
+    inner = listener.listeners[0]
+    assert isinstance(inner, SocketListener)
+    return await inner.accept()
+
+
+async def send_pieces(stream: SocketStream, chunks: Sequence[bytes]) -> None:
+    for chunk in chunks:
+        await stream.send(chunk)
+    await stream.send_eof()
+
+
+KINDS = {
+    # kind: the backends it exists on
+    "anyio": ("asyncio", "trio"),
+    "buffered": ("asyncio", "trio"),
+    "trio": ("trio",),
+    "asyncio": ("asyncio",),
+    "asyncio-limit": ("asyncio",),
+    "file": ("asyncio", "trio"),
+    "aiofiles": ("asyncio",),
+    "pipe": ("asyncio", "trio"),
+    "process": ("asyncio", "trio"),
+    "asyncio-process": ("asyncio",),
+}
+SOCKET_KINDS = ("anyio", "buffered", "trio", "asyncio", "asyncio-limit")
+
+
+def skip_unless(kind: str, backend: str) -> None:
+    if backend not in KINDS[kind]:
+        pytest.skip(f"{kind} readers exist on {KINDS[kind]} only")
+
+
+@asynccontextmanager
+async def open_reader(kind: str, chunks: Sequence[bytes], tmp_path: Path) -> AsyncIterator[object]:
+    """A reader of *kind* that yields the bytes of *chunks*, then end of stream."""
+    data = b"".join(chunks)
+    async with AsyncExitStack() as stack:
+        if kind in SOCKET_KINDS:
+            client, server = await stack.enter_async_context(tcp_pair())
+            group: TaskGroup = await stack.enter_async_context(anyio.create_task_group())
+            group.start_soon(send_pieces, server, chunks)
+            yield await socket_reader(kind, client, stack)
+            return
+        path = tmp_path / "data.pickle"
+        path.write_bytes(data)
+        if kind == "file":
+            yield await stack.enter_async_context(await anyio.open_file(path, "rb"))
+        elif kind == "aiofiles":
+            import aiofiles
+
+            yield await stack.enter_async_context(aiofiles.open(path, "rb"))
+        elif kind == "pipe":
+            yield await pipe_reader(data, stack)
+        elif kind == "process":
+            process = await stack.enter_async_context(await anyio.open_process(cat(path)))
+            assert process.stdout is not None
+            yield process.stdout
+        else:
+            proc = await asyncio.create_subprocess_exec(*cat(path), stdout=asyncio.subprocess.PIPE)
+            stack.push_async_callback(proc.wait)
+            yield proc.stdout
+
+
+def cat(path: Path) -> list[str]:
+    code = "import sys; sys.stdout.buffer.write(open(sys.argv[1], 'rb').read())"
+    return [sys.executable, "-c", code, str(path)]
+
+
+async def socket_reader(kind: str, client: SocketStream, stack: AsyncExitStack) -> object:
+    if kind == "anyio":
+        return client
+    if kind == "buffered":
+        return BufferedByteReceiveStream(client)
+    # trio/asyncio: a second, native connection whose peer forwards what *client* gets.
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(SocketAttribute.local_port)
+        if kind == "trio":
+            import trio
+
+            native: Any = await trio.open_tcp_stream("127.0.0.1", port)
+            stack.push_async_callback(native.aclose)
+        else:
+            limit = 64 if kind == "asyncio-limit" else 2**16
+            native, writer = await asyncio.open_connection("127.0.0.1", port, limit=limit)
+            stack.callback(writer.close)
+        peer = await stack.enter_async_context(await accept(listener))
+    group = await stack.enter_async_context(anyio.create_task_group())
+    group.start_soon(forward, client, peer)
+    return native
+
+
+async def forward(source: SocketStream, target: SocketStream) -> None:
+    async for chunk in source:
+        await target.send(chunk)
+    await target.send_eof()
+
+
+async def pipe_reader(data: bytes, stack: AsyncExitStack) -> object:
+    """An anyio ``AsyncFile`` on the read end of an OS pipe a thread writes *data* into."""
+    read_fd, write_fd = os.pipe()
+
+    def write_all() -> None:
+        with open(write_fd, "wb") as pipe:
+            pipe.write(data)
+
+    group = await stack.enter_async_context(anyio.create_task_group())
+    file = await stack.enter_async_context(await anyio.open_file(read_fd, "rb"))
+    group.start_soon(anyio.to_thread.run_sync, write_all)
+    return file
+
+
+# ---------------------------------------------------------------------------------------------
+# A plain ByteReceiveStream over bytes, for the many small cases (prefixes, limits).
+
+
+class BytesStream(ByteReceiveStream):
+    """Hands out *data* in pieces of at most *step* bytes, then end of stream."""
+
+    def __init__(self, data: bytes, step: int = 1 << 16) -> None:
+        self.data, self.step = data, step
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        await anyio.lowlevel.checkpoint()
+        if not self.data:
+            raise anyio.EndOfStream
+        size = min(max_bytes, self.step)
+        out, self.data = self.data[:size], self.data[size:]
+        return out
+
+    async def aclose(self) -> None:
+        self.data = b""
+
+
+def byte_readers(data: bytes) -> list[object]:
+    """The same bytes through an exact reader and through a read-ahead one."""
+    return [BytesStream(data, step=7), BufferedByteReceiveStream(BytesStream(data))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Many objects back to back, per reader kind.
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("kind", list(KINDS))
+async def test_back_to_back(kind: str, protocol: int, anyio_backend: Any, tmp_path: Path) -> None:
+    skip_unless(kind, anyio_backend[0])
+    objs = objects(protocol) * 3
+    data = pickled(objs, protocol)
+    with anyio.fail_after(20):
+        async with open_reader(kind, [data], tmp_path) as reader:
+            got = [await aload(reader) for _ in range(len(objs) - 2)]
+            got += [obj async for obj in aiter_load(reader)]
+            assert got == objs
+            with pytest.raises(EOFError):  # as pickle.load at end of file
+                await aload(reader)
+
+
+@pytest.mark.parametrize("kind", SOCKET_KINDS)
+@pytest.mark.parametrize("protocol", [2, 5])
+async def test_one_byte_trickle(
+    kind: str, protocol: int, anyio_backend: Any, tmp_path: Path
+) -> None:
+    skip_unless(kind, anyio_backend[0])
+    objs = [{"k": list(range(20)), "s": "abc" * 30}, b"x" * 300, 12345]
+    data = pickled(objs, protocol)
+    with anyio.fail_after(20):
+        async with open_reader(kind, pieces(data, lambda: 1), tmp_path) as reader:
+            assert [obj async for obj in aiter_load(reader)] == objs
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("kind", SOCKET_KINDS)
+async def test_random_chunking(kind: str, seed: int, anyio_backend: Any, tmp_path: Path) -> None:
+    skip_unless(kind, anyio_backend[0])
+    rng = random.Random(seed)
+    objs = [obj for protocol in (2, 4, 5) for obj in objects(protocol)[:4]]
+    data = b"".join(pickle.dumps(obj, rng.choice((2, 3, 4, 5))) for obj in objs)
+    chunks = pieces(data, lambda: rng.choice((1, 2, 3, 100, 4096, 70_000)))
+    with anyio.fail_after(20):
+        async with open_reader(kind, chunks, tmp_path) as reader:
+            assert [obj async for obj in aiter_load(reader)] == objs
+
+
+# ---------------------------------------------------------------------------------------------
+# Truncation and end of stream.
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_every_prefix_fails(protocol: int, anyio_backend: Any) -> None:
+    data = pickle.dumps([1, "two", b"three", 4.0, (5,), {"six": None}, 2**70], protocol)
+    for end in range(len(data)):
+        for reader in byte_readers(data[:end]):
+            with anyio.fail_after(5), pytest.raises((pickle.UnpicklingError, EOFError)):
+                await aload(reader)
+
+
+async def test_prefixes_on_stream_reader(anyio_backend: Any) -> None:
+    if anyio_backend[0] != "asyncio":
+        pytest.skip("asyncio StreamReader")
+    for protocol in PROTOCOLS:
+        data = pickle.dumps(["a" * 10, b"b", 3], protocol)
+        for end in range(len(data)):
+            reader = asyncio.StreamReader(limit=16)
+            reader.feed_data(data[:end])
+            reader.feed_eof()
+            with anyio.fail_after(5), pytest.raises((pickle.UnpicklingError, EOFError)):
+                await aload(reader)
+
+
+async def test_eof_between_objects_vs_inside(anyio_backend: Any) -> None:
+    whole = pickled([1, 2], 5)
+    for reader in byte_readers(whole):
+        assert [obj async for obj in aiter_load(reader)] == [1, 2]
+    for reader in byte_readers(whole + pickle.dumps([3, 4], 5)[:-1]):
+        objs = aiter_load(reader)
+        assert [await anext(objs), await anext(objs)] == [1, 2]
+        with pytest.raises((pickle.UnpicklingError, EOFError)):
+            await anext(objs)
+
+
+async def test_bad_data_raises_unpickling_error(anyio_backend: Any) -> None:
+    for reader in byte_readers(b"\xff garbage"):
+        with pytest.raises(pickle.UnpicklingError):
+            await aload(reader)
+
+
+async def test_rejects_what_it_cannot_read(anyio_backend: Any, tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"BytesIO is a synchronous file; use streampickle\.load"):
+        await aload(io.BytesIO(b""))
+    with pytest.raises(TypeError, match="cannot read from int"):
+        await aload(42)
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits.
+
+HUGE = 2**40
+TEN = b"0123456789"
+HOSTILE = {
+    "frame": (b"\x80\x04\x95" + HUGE.to_bytes(8, "little") + TEN, "max_frame_size"),
+    "BINBYTES8 payload": (b"\x80\x04\x8e" + HUGE.to_bytes(8, "little") + TEN, "max_object_size"),
+    "BINUNICODE8 payload": (b"\x80\x05\x8d" + HUGE.to_bytes(8, "little") + TEN, "max_object_size"),
+    "BYTEARRAY8 payload": (b"\x80\x05\x96" + HUGE.to_bytes(8, "little") + TEN, "max_object_size"),
+    "BINBYTES payload": (b"\x80\x03B" + (2**32 - 1).to_bytes(4, "little") + TEN, "max_object_size"),
+}
+
+
+@pytest.mark.parametrize("what", list(HOSTILE))
+async def test_hostile_length_fails_at_once(what: str, anyio_backend: Any) -> None:
+    data, limit = HOSTILE[what]
+    for reader in byte_readers(data):
+        tracemalloc.start()
+        try:
+            with anyio.fail_after(5), pytest.raises(LimitExceeded) as info:
+                await aload(reader)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        vetted = data[1] >= 4 or isinstance(reader, BytesStream)
+        if vetted:
+            assert peak < 1 << 20  # nothing allocated for the claim
+        # else: a protocol 0-3 pickle is read ahead, the C unpickler parses the header from the
+        # read-ahead data and allocates (untouched, so no RSS) before the payload is refused.
+        assert info.value.limit == limit
+        assert str(info.value).startswith(what if vetted else "pickle of")
+        assert f"exceeds {limit} (" in str(info.value)
+
+
+async def test_hostile_frame_message_like_msgpack(anyio_backend: Any) -> None:
+    data = b"\x80\x04\x95" + (2**31).to_bytes(8, "little") + TEN
+    with pytest.raises(LimitExceeded) as info:
+        await aload(BytesStream(data))
+    assert str(info.value) == "frame of 2147483648 bytes exceeds max_frame_size (16777216)"
+    assert (info.value.size, info.value.maximum) == (2**31, 16 << 20)
+
+
+async def test_payload_read_is_checked_in_read_ahead_mode(anyio_backend: Any) -> None:
+    # Protocol 2 is read ahead: the BINUNICODE claim is refused when the payload is asked for.
+    data = b"\x80\x02X" + (2**32 - 1).to_bytes(4, "little") + TEN
+    reader = BufferedByteReceiveStream(BytesStream(data))
+    with pytest.raises(LimitExceeded, match="exceeds max_object_size"):
+        await aload(reader)
+
+
+async def test_custom_limits(anyio_backend: Any) -> None:
+    framed = pickle.dumps(list(range(30_000)), 5)  # frames of ~64 KiB
+    for reader in byte_readers(framed):
+        with pytest.raises(LimitExceeded, match="max_frame_size \\(1000\\)"):
+            await aload(reader, max_frame_size=1000)
+    for reader in byte_readers(framed):
+        with pytest.raises(LimitExceeded, match="max_object_size \\(5000\\)"):
+            await aload(reader, max_object_size=5000)
+    for reader in byte_readers(framed):
+        assert await aload(reader, max_frame_size=None, max_object_size=None) == list(range(30_000))
+    line = pickle.dumps("x" * 5000, 0)
+    for reader in byte_readers(line):
+        with pytest.raises(LimitExceeded, match="max_line_length \\(100\\)"):
+            await aload(reader, max_line_length=100)
+    for reader in byte_readers(line):
+        assert await aload(reader, max_line_length=5010) == "x" * 5000
+
+
+async def test_line_limit_on_stream_reader(anyio_backend: Any) -> None:
+    if anyio_backend[0] != "asyncio":
+        pytest.skip("asyncio StreamReader")
+    data = pickle.dumps("y" * 3000, 0) + pickle.dumps("z" * 10, 0)
+    reader = asyncio.StreamReader(limit=64)
+    reader.feed_data(data)
+    reader.feed_eof()
+    assert await aload(reader, max_line_length=4000) == "y" * 3000  # lines past the limit
+    reader = asyncio.StreamReader(limit=64)
+    reader.feed_data(data)
+    with pytest.raises(LimitExceeded, match="max_line_length"):
+        await aload(reader, max_line_length=1000)
+
+
+# ---------------------------------------------------------------------------------------------
+# Options, leftovers, cancellation.
+
+
+class TrackedUnpickler(pickle.Unpickler):
+    live: ClassVar[weakref.WeakSet[TrackedUnpickler]] = weakref.WeakSet()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        TrackedUnpickler.live.add(self)
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "forbidden":
+            raise pickle.UnpicklingError(f"{module}.{name} is forbidden")
+        return super().find_class(module, name)
+
+
+def forbidden() -> None:
+    """Pickled by reference; `TrackedUnpickler` refuses to load it."""
+
+
+async def test_options_reach_the_unpickler(anyio_backend: Any) -> None:
+    data = pickle.dumps([pickle.PickleBuffer(b"oob")], 5, buffer_callback=lambda b: False)
+    loaded = await aload(BytesStream(data), buffers=[b"OOB"])
+    assert bytes(loaded[0]) == b"OOB"
+    py2 = b"U\x03caf\x71\x00."  # a protocol-1 SHORT_BINSTRING, as Python 2 wrote str
+    assert await aload(BytesStream(py2), encoding="latin1") == "caf"
+    with pytest.raises(pickle.UnpicklingError, match="forbidden"):
+        await aload(BytesStream(pickle.dumps(forbidden, 5)), unpickler_class=TrackedUnpickler)
+
+
+async def test_leftovers_stay_on_buffered_stream(anyio_backend: Any) -> None:
+    tail = b"raw bytes after the pickle"
+    for protocol in PROTOCOLS:
+        reader = BufferedByteReceiveStream(BytesStream(pickle.dumps(["x"] * 50, protocol) + tail))
+        assert await aload(reader) == ["x"] * 50
+        assert await reader.receive_exactly(len(tail)) == tail
+
+
+async def test_leftovers_stay_in_seekable_file(anyio_backend: Any, tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(pickle.dumps(list(range(100)), 2) + b"tail")
+    async with await anyio.open_file(path, "rb") as file:
+        assert await aload(file) == list(range(100))
+        assert await file.read() == b"tail"
+
+
+async def test_cancel_mid_object_unwinds_unpickler(anyio_backend: Any) -> None:
+    data = pickle.dumps(list(range(100_000)), 5)
+    async with tcp_pair() as (client, server):
+        await server.send(data[: len(data) // 2])  # half a pickle, then silence
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+
+                async def load() -> None:
+                    await aload(client, unpickler_class=TrackedUnpickler)
+
+                group.start_soon(load)
+                await anyio.wait_all_tasks_blocked()
+                assert len(TrackedUnpickler.live) == 1  # it is waiting inside the object
+                scope.cancel()
+        assert scope.cancelled_caught
+        gc.collect()
+        assert len(TrackedUnpickler.live) == 0
+        assert streampickle.loads(data) == list(range(100_000))

@@ -1,0 +1,196 @@
+"""`PickleStream` over real TCP connections, on asyncio and trio."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import SocketAttribute, SocketListener
+
+from streampickle import LimitExceeded, PickleStream
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def stream_pair(**options: Any) -> AsyncIterator[tuple[PickleStream, PickleStream]]:
+    """Two `PickleStream` s on the ends of one loopback TCP connection."""
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(SocketAttribute.local_port)
+        client = await anyio.connect_tcp("127.0.0.1", port)
+        inner = listener.listeners[0]
+        assert isinstance(inner, SocketListener)
+        server = await inner.accept()
+        async with (
+            PickleStream(client, **options) as left,
+            PickleStream(server, **options) as right,
+        ):
+            yield left, right
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+async def test_round_trip_and_end_of_stream(protocol: int, anyio_backend: Any) -> None:
+    objs = [{"a": 1}, b"x" * 500_000, "y" * 100_000, list(range(2000)), None]
+    async with stream_pair(protocol=protocol) as (left, right):
+        async with anyio.create_task_group() as group:
+
+            async def send_all() -> None:
+                for obj in objs:
+                    await left.send(obj)
+                await left.send_eof()
+
+            group.start_soon(send_all)
+            assert [obj async for obj in right] == objs  # iteration ends at EndOfStream
+        with pytest.raises(anyio.EndOfStream):
+            await right.receive()
+
+
+async def test_ten_thousand_messages_slow_receiver(anyio_backend: Any) -> None:
+    count = 10_000
+    async with stream_pair() as (left, right), anyio.create_task_group() as group:
+
+        async def send_all() -> None:
+            for i in range(count):
+                await left.send((i, f"message {i}"))
+            await left.send_eof()
+
+        group.start_soon(send_all)
+        received = []
+        async for item in right:
+            received.append(item)
+            for _ in range(3):  # slower than the sender: let it run ahead and block
+                await anyio.lowlevel.checkpoint()
+    assert received == [(i, f"message {i}") for i in range(count)]
+
+
+async def test_concurrent_senders_do_not_interleave(anyio_backend: Any) -> None:
+    payload = b"p" * 300_000  # several frames each, so interleaving would corrupt them
+    async with stream_pair() as (left, right), anyio.create_task_group() as group:
+
+        async def sender(name: int) -> None:
+            for i in range(10):
+                await left.send((name, i, payload))
+
+        async def senders() -> None:
+            async with anyio.create_task_group() as inner:
+                for name in range(4):
+                    inner.start_soon(sender, name)
+            await left.send_eof()
+
+        group.start_soon(senders)
+        received = [item async for item in right]
+    assert all(item[2] == payload for item in received)
+    for name in range(4):
+        assert [i for n, i, _ in received if n == name] == list(range(10))
+
+
+class CancelWhenPickled:
+    """Cancels *scope* when the pickler reaches it: after the chunks before it were sent."""
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self.scope = scope
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        self.scope.cancel()
+        return (int, (0,))
+
+
+async def test_cancelled_send_breaks_stream_and_peer_sees_error(anyio_backend: Any) -> None:
+    async with stream_pair() as (left, right):
+        with anyio.CancelScope() as scope:
+            await left.send([b"a" * 70_000, CancelWhenPickled(scope), b"b" * 70_000])
+        assert scope.cancelled_caught
+        with pytest.raises(anyio.BrokenResourceError, match="half-way"):
+            await left.send(1)
+        await left.send_eof()
+        with anyio.fail_after(10), pytest.raises(anyio.BrokenResourceError, match="inside"):
+            await right.receive()
+
+
+async def test_pickling_error_before_first_byte_keeps_stream(anyio_backend: Any) -> None:
+    async with stream_pair() as (left, right):
+        with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+            await left.send(lambda: None)
+        await left.send("still fine")
+        assert await right.receive() == "still fine"
+
+
+async def test_cancel_receive_before_and_inside_object(anyio_backend: Any) -> None:
+    async with stream_pair() as (left, right):
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(right.receive)
+                await anyio.wait_all_tasks_blocked()
+                scope.cancel()  # nothing consumed yet: the stream stays usable
+        await left.send("after")
+        assert await right.receive() == "after"
+
+        data = pickle.dumps(list(range(50_000)), 5)
+        await left.transport_stream.send(data[: len(data) // 2])
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(right.receive)
+                await anyio.wait_all_tasks_blocked()
+                scope.cancel()
+        with pytest.raises(anyio.BrokenResourceError, match="inside an object"):
+            await right.receive()
+
+
+async def test_limits_and_closed(anyio_backend: Any) -> None:
+    async with stream_pair(max_frame_size=1000) as (left, right):
+        await left.send(list(range(30_000)))
+        with pytest.raises(LimitExceeded, match="max_frame_size \\(1000\\)"):
+            await right.receive()
+        assert right.extra(SocketAttribute.remote_port) == left.extra(SocketAttribute.local_port)
+        await left.aclose()
+        with pytest.raises(anyio.ClosedResourceError):
+            await left.send(1)
+        with pytest.raises(anyio.ClosedResourceError):
+            await left.receive()
+
+
+async def test_from_asyncio(anyio_backend: Any) -> None:
+    if anyio_backend[0] != "asyncio":
+        pytest.skip("asyncio streams")
+    received: list[Any] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with PickleStream.from_asyncio(reader, writer) as stream:
+            received.extend([item async for item in stream])
+            await stream.send(len(received))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        async with PickleStream.from_asyncio(
+            *await asyncio.open_connection("127.0.0.1", port)
+        ) as stream:
+            for i in range(100):
+                await stream.send({"i": i, "b": b"x" * i * 1000})
+            await stream.send_eof()
+            assert await stream.receive() == 100
+    assert received == [{"i": i, "b": b"x" * i * 1000} for i in range(100)]
+
+
+async def test_from_trio(anyio_backend: Any) -> None:
+    if anyio_backend[0] != "trio":
+        pytest.skip("trio streams")
+    import trio
+    import trio.testing
+
+    left_raw, right_raw = trio.testing.lockstep_stream_pair()
+    left, right = PickleStream.from_trio(left_raw), PickleStream.from_trio(right_raw)
+    async with left, right, anyio.create_task_group() as group:
+
+        async def send_all() -> None:
+            for i in range(50):
+                await left.send([i] * i)
+            await left.aclose()
+
+        group.start_soon(send_all)
+        assert [item async for item in right] == [[i] * i for i in range(50)]

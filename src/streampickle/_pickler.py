@@ -9,11 +9,12 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
-from . import _engine
+from . import _engine, _policy
 from ._engine import Chunk, Request
 
 __all__ = [
@@ -83,6 +84,18 @@ class Pickler(pickle.Pickler):
         """
         return _engine.iter_dump(super().dump, self._sink, obj)
 
+    async def adump(
+        self, obj: Any, writer: object, *, progress: Callable[[int], object] | None = None
+    ) -> int:
+        """Stream *obj*, pickled by this pickler, into the async *writer*; return the byte count.
+
+        Writers, errors and what a cancelled stream holds are as in `streampickle.adump`; the
+        memo is kept as after `iter_dump` (call ``clear_memo()`` after a failed dump).
+        """
+        from ._writers import write_chunks  # _writers imports this module
+
+        return await write_chunks(self.iter_dump(obj), writer, progress)
+
 
 class Unpickler(pickle.Unpickler):
     """``pickle.Unpickler`` that can also be driven sans-IO with `iter_load`.
@@ -90,6 +103,11 @@ class Unpickler(pickle.Unpickler):
     ``load()`` reads from *file* exactly as ``pickle.Unpickler`` does (``file`` needs ``read``
     and ``readline``, else ``TypeError``); ``file`` may be ``None`` for an unpickler used only
     through `iter_load`.
+
+    With ``allow=`` (an `Allowlist` or pairs, see ``streampickle._policy``) loading is
+    restricted: only the listed globals resolve (`ForbiddenGlobal` otherwise) and the opcode
+    stream is vetted before the unpickler acts on it (`PolicyViolation`). A subclass that
+    overrides ``find_class`` must call ``super().find_class()`` to keep the restriction.
     """
 
     def __init__(
@@ -100,6 +118,7 @@ class Unpickler(pickle.Unpickler):
         encoding: str = "ASCII",
         errors: str = "strict",
         buffers: Iterable[Any] | None = None,
+        allow: _policy.AllowSpec = None,
     ) -> None:
         if file is not None:
             # Look the methods up now, as the C Unpickler does, so a bad file fails here.
@@ -107,20 +126,30 @@ class Unpickler(pickle.Unpickler):
             if read is None or readline is None:
                 raise TypeError("file must have 'read' and 'readline' attributes")
         self._source = _engine.Source(file)
+        self._restriction = (
+            None if allow is None else _policy.Restriction(allow, self._source, fix_imports)
+        )
         super().__init__(
-            self._source,
+            self._source if self._restriction is None else self._restriction.reader,
             fix_imports=fix_imports,
             encoding=encoding,
             errors=errors,
             buffers=buffers,
         )
 
+    def find_class(self, module_name: str, global_name: str, /) -> Any:
+        """As ``pickle.Unpickler.find_class``; restricted by ``allow=`` when given."""
+        restriction: _policy.Restriction | None = getattr(self, "_restriction", None)
+        if restriction is None:
+            return super().find_class(module_name, global_name)
+        return restriction.find_class(module_name, global_name)
+
     def load(self) -> Any:
         """Read one pickled object from the file and return it, as ``pickle.Unpickler.load``."""
         source: _engine.Source | None = getattr(self, "_source", None)
         if source is not None and source.target is None:
             raise RuntimeError("this Unpickler was created without a file; use iter_load()")
-        return super().load()
+        return self._load()
 
     def iter_load(self) -> Generator[Request, Any, Any]:
         """Load one object sans-IO: a generator of read requests whose return value is the object.
@@ -131,7 +160,11 @@ class Unpickler(pickle.Unpickler):
         Errors are those of ``pickle.Unpickler.load``: ``EOFError`` when the stream ends before
         the first byte, ``UnpicklingError`` (or ``EOFError``) for a truncated or bad pickle.
         """
-        return _engine.iter_load(super().load, self._source)
+        return _engine.iter_load(self._load, self._source)
+
+    def _load(self) -> Any:
+        restriction: _policy.Restriction | None = getattr(self, "_restriction", None)
+        return super().load() if restriction is None else restriction.run(super().load)
 
 
 def dump(
@@ -165,10 +198,19 @@ def load(
     encoding: str = "ASCII",
     errors: str = "strict",
     buffers: Iterable[Any] | None = None,
+    allow: _policy.AllowSpec = None,
 ) -> Any:
-    """Read one pickled object from *file* and return it, exactly as ``pickle.load``."""
+    """Read one pickled object from *file* and return it, exactly as ``pickle.load``.
+
+    With *allow*, loading is restricted as described in `Unpickler`.
+    """
     return Unpickler(
-        file, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
+        file,
+        fix_imports=fix_imports,
+        encoding=encoding,
+        errors=errors,
+        buffers=buffers,
+        allow=allow,
     ).load()
 
 
@@ -180,8 +222,21 @@ def loads(
     encoding: str = "ASCII",
     errors: str = "strict",
     buffers: Iterable[Any] | None = None,
+    allow: _policy.AllowSpec = None,
 ) -> Any:
-    """Return the object pickled in the bytes-like *data*, exactly as ``pickle.loads``."""
+    """Return the object pickled in the bytes-like *data*, exactly as ``pickle.loads``.
+
+    With *allow*, loading is restricted as described in `Unpickler`.
+    """
+    if allow is not None:
+        return load(
+            io.BytesIO(data),
+            fix_imports=fix_imports,
+            encoding=encoding,
+            errors=errors,
+            buffers=buffers,
+            allow=allow,
+        )
     return pickle.loads(
         data, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
     )

@@ -16,6 +16,7 @@ from pickle import (
 )
 
 from ._engine import Chunk, Peek, Read, ReadInto, ReadLine, Request
+from ._exceptions import LimitExceeded
 from ._pickler import (
     Pickler,
     Unpickler,
@@ -27,22 +28,47 @@ from ._pickler import (
     load,
     loads,
 )
+from ._policy import (
+    ALLOW_BUILTINS,
+    ALLOW_COLLECTIONS,
+    ALLOW_DATETIME,
+    ALLOW_DECIMAL,
+    Allowlist,
+    ForbiddenGlobal,
+    PolicyViolation,
+    required_globals,
+)
+from ._readers import aiter_load, aload
+from ._stream import PickleStream
+from ._writers import adump
 
 __all__ = [
+    "ALLOW_BUILTINS",
+    "ALLOW_COLLECTIONS",
+    "ALLOW_DATETIME",
+    "ALLOW_DECIMAL",
     "DEFAULT_PROTOCOL",
     "HIGHEST_PROTOCOL",
+    "Allowlist",
     "Chunk",
+    "ForbiddenGlobal",
+    "LimitExceeded",
     "Peek",
     "PickleBuffer",
     "PickleError",
+    "PickleStream",
     "Pickler",
     "PicklingError",
+    "PolicyViolation",
     "Read",
     "ReadInto",
     "ReadLine",
     "Request",
     "Unpickler",
     "UnpicklingError",
+    "adump",
+    "aiter_load",
+    "aload",
     "drive_load",
     "dump",
     "dumps",
@@ -50,4 +76,5 @@ __all__ = [
     "iter_loads",
     "load",
     "loads",
+    "required_globals",
 ]

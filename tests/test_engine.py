@@ -309,10 +309,36 @@ def test_pickler_without_file() -> None:
 
 
 def test_concurrent_iter_dump_on_one_pickler_is_refused() -> None:
+    obj = list(range(100_000))
     pickler = streampickle.Pickler(None, 4)
-    first: Iterator[streampickle.Chunk] = pickler.iter_dump(list(range(100_000)))
-    next(first)
+    first: Iterator[streampickle.Chunk] = pickler.iter_dump(obj)
+    second = pickler.iter_dump(1)  # created before the first starts: refused once started
+    head = next(first)
     with pytest.raises(RuntimeError, match="already dumping"):
-        next(pickler.iter_dump(1))
-    rest = b"".join(first)
-    assert rest  # the first stream is unharmed
+        next(second)
+    assert head + b"".join(first) == pickle.dumps(obj, 4)  # the first stream is unharmed
+
+
+def test_concurrent_iter_load_on_one_unpickler_is_refused() -> None:
+    unpickler = streampickle.Unpickler(None)
+    first = unpickler.iter_load()
+    second = unpickler.iter_load()
+    next(first)
+    with pytest.raises(RuntimeError, match="already loading"):
+        next(second)
+    first.close()  # the unpickler is free again
+    data = pickle.dumps([1, 2], 4)
+    assert streampickle.drive_load(unpickler.iter_load(), io.BytesIO(data)) == [1, 2]
+
+
+@pytest.mark.parametrize("reply", [None, 42, memoryview(b"\x80\x04K\x01."), bytearray(b"K")])
+def test_peek_replies_are_checked_before_the_c_unpickler_sees_them(reply: Any) -> None:
+    gen = streampickle.iter_loads()
+    assert isinstance(next(gen), streampickle.Peek)
+    if isinstance(reply, memoryview | bytearray):  # bytes-like: taken as its bytes
+        request = gen.send(reply)
+        assert isinstance(request, streampickle.Read)
+        gen.close()
+    else:
+        with pytest.raises(TypeError, match="peek\\(\\) must return bytes"):
+            gen.send(reply)

@@ -184,12 +184,13 @@ def iter_dump(dump: Callable[[Any], None], sink: Sink, obj: Any) -> Generator[Ch
     """Yield the chunks ``dump(obj)`` writes to *sink*, one per write call.
 
     *dump* is a pickler's bound ``dump`` whose file is *sink*. While the generator runs, the
-    sink's target is the generator; afterwards it is restored.
+    sink's target is the generator; afterwards it is restored. A second generator on the same
+    pickler raises ``RuntimeError`` when started while the first is running.
     """
-    if sink.target is _yield_write:
-        raise RuntimeError("this pickler is already dumping from another iter_dump()")
 
     def run() -> None:
+        if sink.target is _yield_write:
+            raise RuntimeError("this pickler is already dumping from another iter_dump()")
         saved, sink.target = sink.target, _yield_write
         try:
             dump(obj)
@@ -274,8 +275,7 @@ class Source:
 
     def peek(self, size: int = 0) -> bytes:
         peek = getattr(self.target, "peek", None)
-        data: bytes = peek(size) if peek is not None else b""
-        return data
+        return _peeked(peek(size)) if peek is not None else b""
 
 
 class _Requester:
@@ -294,8 +294,19 @@ class _Requester:
         return line
 
     def peek(self, size: int) -> bytes:
-        data: bytes = suspend(Peek(size))
+        return _peeked(suspend(Peek(size)))
+
+
+def _peeked(data: Any) -> bytes:
+    """A ``peek`` reply as exact ``bytes``: the C unpickler takes the size of what ``peek``
+    returns with ``PyBytes_GET_SIZE`` without checking its type, so anything else (a
+    memoryview, ``None``) would make it compute sizes from garbage."""
+    if type(data) is bytes:
         return data
+    try:
+        return bytes(memoryview(data))
+    except TypeError:
+        raise TypeError(f"peek() must return bytes, not {type(data).__name__}") from None
 
 
 def iter_load(load: Callable[[], Any], source: Source) -> Generator[Request, Any, Any]:
@@ -303,12 +314,13 @@ def iter_load(load: Callable[[], Any], source: Source) -> Generator[Request, Any
 
     The driver answers each request with ``generator.send(reply)``; the loaded object is the
     generator's return value. The unpickler consumes exactly the pickle's bytes: data past its
-    STOP opcode is only ever *peeked*, never requested with `Read`.
+    STOP opcode is only ever *peeked*, never requested with `Read`. A second generator on the
+    same unpickler raises ``RuntimeError`` when started while the first is running.
     """
-    if isinstance(source.target, _Requester):
-        raise RuntimeError("this unpickler is already loading from another iter_load()")
 
     def run() -> Any:
+        if isinstance(source.target, _Requester):
+            raise RuntimeError("this unpickler is already loading from another iter_load()")
         saved, source.target = source.target, _Requester()
         try:
             return load()

@@ -316,7 +316,7 @@ def test_concurrent_iter_dump_on_one_pickler_is_refused() -> None:
     head = next(first)
     with pytest.raises(RuntimeError, match="already dumping"):
         next(second)
-    assert head + b"".join(first) == pickle.dumps(obj, 4)  # the first stream is unharmed
+    assert bytes(head) + b"".join(first) == pickle.dumps(obj, 4)  # the first stream is unharmed
 
 
 def test_concurrent_iter_load_on_one_unpickler_is_refused() -> None:

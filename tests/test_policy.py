@@ -23,6 +23,7 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -624,3 +625,114 @@ def test_required_globals_follows_the_memo() -> None:
 def test_required_globals_rejects_what_it_cannot_name(data: bytes) -> None:
     with pytest.raises(pickle.UnpicklingError):
         required_globals(data)
+
+
+# --------------------------------------------------------------------------------------------
+# Restricted loading in the async API, over real sockets
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("protocol", [2, 5])
+async def test_aload_and_aiter_load_restricted(
+    protocol: int, marker: Path, anyio_backend: Any
+) -> None:
+    from test_limits import while_sending
+
+    good = [DATA[0], DATA[2], DATA[9]]
+    data = b"".join(pickle.dumps(obj, protocol) for obj in good)
+    hostile = call(global_op("os", "system"), command(marker)) + b"."
+
+    async def first(stream: Any) -> Any:
+        return await streampickle.aload(stream, allow=DATA_ALLOW)
+
+    async def collect(stream: Any) -> list[Any]:
+        return [obj async for obj in streampickle.aiter_load(stream, allow=DATA_ALLOW)]
+
+    assert await while_sending(data, first) == good[0]
+    assert await while_sending(data, collect) == good
+    with pytest.raises(ForbiddenGlobal) as refused:
+        await while_sending(data + hostile, collect)
+    assert (refused.value.module, refused.value.name) == ("os", "system")
+    assert not await anyio.Path(marker).exists()
+
+
+@pytest.mark.anyio
+async def test_pickle_stream_restricted(marker: Path, anyio_backend: Any) -> None:
+    from test_limits import HANG_GUARD, tcp_pair
+
+    hostile = call(global_op("os", "system"), command(marker)) + b"."
+    async with tcp_pair() as (client, server):
+        receiver = streampickle.PickleStream(server, allow=DATA_ALLOW)
+        with anyio.fail_after(HANG_GUARD):
+            await streampickle.PickleStream(client).send(DATA[2])
+            assert await receiver.receive() == DATA[2]
+            await client.send(hostile)
+            with pytest.raises(ForbiddenGlobal):
+                await receiver.receive()
+            await client.send(pickle.dumps(1))
+            with pytest.raises(anyio.BrokenResourceError):  # the refusal stays in force
+                await receiver.receive()
+    assert not await anyio.Path(marker).exists()
+
+
+@pytest.mark.anyio
+async def test_pickle_stream_gives_each_object_a_fresh_memo(anyio_backend: Any) -> None:
+    """pickle's Unpickler keeps its memo across load() calls: one per stream would resolve the
+    second object's memo references to the first object's entries."""
+    from test_limits import tcp_pair
+
+    async with tcp_pair() as (client, server):
+        sender = streampickle.PickleStream(client, protocol=4)
+        receiver = streampickle.PickleStream(server, allow=[])
+        objects = [["x", "x", ("t",)], ["y", "y"]]
+        for obj in objects:
+            await sender.send(obj)
+        assert [await receiver.receive() for _ in objects] == objects
+
+
+@pytest.mark.anyio
+async def test_async_allow_needs_a_streampickle_unpickler(anyio_backend: Any) -> None:
+    from test_limits import HANG_GUARD, tcp_pair
+
+    class Plain(pickle.Unpickler):
+        pass
+
+    async with tcp_pair() as (_, server):
+        with anyio.fail_after(HANG_GUARD), pytest.raises(TypeError, match="Unpickler subclass"):
+            await streampickle.aload(server, allow=[], unpickler_class=Plain)
+
+
+def test_iter_loads_restricted() -> None:
+    data = pickle.dumps(DATA[0], 5)
+    loaded, kinds = drive_sans_io(streampickle.iter_loads(allow=DATA_ALLOW), data)
+    assert loaded == DATA[0]
+    assert set(kinds) <= {Read, ReadLine}
+    with pytest.raises(ForbiddenGlobal):
+        drive_sans_io(streampickle.iter_loads(allow=[]), data)
+
+
+@pytest.mark.parametrize(
+    ("data", "cause"),
+    [
+        (b"\x80\x04}]Ns.", TypeError),  # a list as a dict key: unhashable
+        (b"\x80\x04" + stack_global("builtins", "complex") + b"\x8c\x02zz\x85R.", ValueError),
+        (b"\x80\x04" + stack_global("builtins", "range") + b")R.", TypeError),
+        (b"\x80\x04N}b.", AttributeError),  # BUILD on None
+    ],
+    ids=["unhashable", "allowed-callable-value", "allowed-callable-type", "build"],
+)
+def test_bad_data_raises_only_unpickling_errors(data: bytes, cause: type[Exception]) -> None:
+    with pytest.raises(cause):
+        pickle.loads(data)  # what plain pickle raises
+    with pytest.raises(pickle.UnpicklingError, match="bad pickle data") as refused:
+        streampickle.loads(data, allow=ALLOW_BUILTINS)
+    assert isinstance(refused.value.__cause__, cause)
+
+
+def test_file_errors_pass_through_a_restricted_load() -> None:
+    class Failing(io.BytesIO):
+        def read(self, size: int | None = -1, /) -> bytes:
+            raise ValueError("the file broke")
+
+    with pytest.raises(ValueError, match="the file broke"):
+        streampickle.load(Failing(b"x"), allow=[])

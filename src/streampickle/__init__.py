@@ -15,8 +15,9 @@ from pickle import (
     UnpicklingError,
 )
 
+from ._auth import authenticate
 from ._engine import Chunk, Peek, Read, ReadInto, ReadLine, Request
-from ._exceptions import LimitExceeded
+from ._exceptions import AuthenticationError, LimitExceeded
 from ._pickler import (
     Pickler,
     Unpickler,
@@ -35,6 +36,7 @@ from ._policy import (
     ALLOW_DECIMAL,
     Allowlist,
     ForbiddenGlobal,
+    Limits,
     PolicyViolation,
     required_globals,
 )
@@ -50,9 +52,11 @@ __all__ = [
     "DEFAULT_PROTOCOL",
     "HIGHEST_PROTOCOL",
     "Allowlist",
+    "AuthenticationError",
     "Chunk",
     "ForbiddenGlobal",
     "LimitExceeded",
+    "Limits",
     "Peek",
     "PickleBuffer",
     "PickleError",
@@ -69,6 +73,7 @@ __all__ = [
     "adump",
     "aiter_load",
     "aload",
+    "authenticate",
     "drive_load",
     "dump",
     "dumps",

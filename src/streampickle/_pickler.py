@@ -12,10 +12,13 @@ from __future__ import annotations
 import io
 import pickle
 from collections.abc import Callable, Generator, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _engine, _policy
 from ._engine import Chunk, Request
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "Pickler",
@@ -106,8 +109,11 @@ class Unpickler(pickle.Unpickler):
 
     With ``allow=`` (an `Allowlist` or pairs, see ``streampickle._policy``) loading is
     restricted: only the listed globals resolve (`ForbiddenGlobal` otherwise) and the opcode
-    stream is vetted before the unpickler acts on it (`PolicyViolation`). A subclass that
-    overrides ``find_class`` must call ``super().find_class()`` to keep the restriction.
+    stream is vetted before the unpickler acts on it (`PolicyViolation`), within the resource
+    limits given as keyword arguments (the fields of `Limits`, with its defaults; `LimitExceeded`
+    names the one hit). Bad data then raises only ``UnpicklingError`` (or a subclass) or
+    ``EOFError``. Limits need ``allow=`` (else ``TypeError``). A subclass that overrides
+    ``find_class`` must call ``super().find_class()`` to keep the restriction.
     """
 
     def __init__(
@@ -119,7 +125,14 @@ class Unpickler(pickle.Unpickler):
         errors: str = "strict",
         buffers: Iterable[Any] | None = None,
         allow: _policy.AllowSpec = None,
+        **limits: Unpack[_policy.LimitOptions],
     ) -> None:
+        if allow is None and limits:
+            raise TypeError(
+                f"{', '.join(sorted(limits))}: an Unpickler checks limits only when it restricts "
+                "loading: pass allow= as well (aload and PickleStream check the byte limits "
+                "without it)"
+            )
         if file is not None:
             # Look the methods up now, as the C Unpickler does, so a bad file fails here.
             read, readline = getattr(file, "read", None), getattr(file, "readline", None)
@@ -127,7 +140,9 @@ class Unpickler(pickle.Unpickler):
                 raise TypeError("file must have 'read' and 'readline' attributes")
         self._source = _engine.Source(file)
         self._restriction = (
-            None if allow is None else _policy.Restriction(allow, self._source, fix_imports)
+            None
+            if allow is None
+            else _policy.Restriction(allow, self._source, fix_imports, _policy.Limits(**limits))
         )
         super().__init__(
             self._source if self._restriction is None else self._restriction.reader,
@@ -199,10 +214,11 @@ def load(
     errors: str = "strict",
     buffers: Iterable[Any] | None = None,
     allow: _policy.AllowSpec = None,
+    **limits: Unpack[_policy.LimitOptions],
 ) -> Any:
     """Read one pickled object from *file* and return it, exactly as ``pickle.load``.
 
-    With *allow*, loading is restricted as described in `Unpickler`.
+    With *allow*, loading is restricted (within *limits*) as described in `Unpickler`.
     """
     return Unpickler(
         file,
@@ -211,6 +227,7 @@ def load(
         errors=errors,
         buffers=buffers,
         allow=allow,
+        **limits,
     ).load()
 
 
@@ -223,12 +240,13 @@ def loads(
     errors: str = "strict",
     buffers: Iterable[Any] | None = None,
     allow: _policy.AllowSpec = None,
+    **limits: Unpack[_policy.LimitOptions],
 ) -> Any:
     """Return the object pickled in the bytes-like *data*, exactly as ``pickle.loads``.
 
-    With *allow*, loading is restricted as described in `Unpickler`.
+    With *allow*, loading is restricted (within *limits*) as described in `Unpickler`.
     """
-    if allow is not None:
+    if allow is not None or limits:
         return load(
             io.BytesIO(data),
             fix_imports=fix_imports,
@@ -236,6 +254,7 @@ def loads(
             errors=errors,
             buffers=buffers,
             allow=allow,
+            **limits,
         )
     return pickle.loads(
         data, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
@@ -275,17 +294,60 @@ def iter_loads(
     errors: str = "strict",
     buffers: Iterable[Any] | None = None,
     unpickler_class: Callable[..., pickle.Unpickler] = pickle.Unpickler,
+    allow: _policy.AllowSpec = None,
+    **limits: Unpack[_policy.LimitOptions],
 ) -> Generator[Request, Any, Any]:
     """The incremental (sans-IO) loader for one object; see `Unpickler.iter_load`.
 
     *unpickler_class* is any ``pickle.Unpickler`` subclass; it is called as
     ``unpickler_class(file, fix_imports=..., encoding=..., errors=..., buffers=...)``.
+
+    With *allow*, loading is restricted within *limits* as described in `Unpickler`: the
+    unpickler is then ``unpickler_class(None, ..., allow=allow, **limits)`` (the default class
+    becomes `streampickle.Unpickler`), driven by its `Unpickler.iter_load`; it asks only for
+    `Read` and `ReadLine`. ``TypeError`` if *unpickler_class* makes no `streampickle.Unpickler`.
     """
+    if allow is not None or limits:
+        return _restricted_loader(
+            unpickler_class, fix_imports, encoding, errors, buffers, allow, limits
+        )
     source = _engine.Source(None)
     unpickler = unpickler_class(
         source, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
     )
     return _engine.iter_load(unpickler.load, source)
+
+
+def _restricted_loader(
+    unpickler_class: Callable[..., pickle.Unpickler],
+    fix_imports: bool,
+    encoding: str,
+    errors: str,
+    buffers: Iterable[Any] | None,
+    allow: _policy.AllowSpec,
+    limits: _policy.LimitOptions,
+) -> Generator[Request, Any, Any]:
+    factory = Unpickler if unpickler_class is pickle.Unpickler else unpickler_class
+    if isinstance(factory, type) and not issubclass(factory, Unpickler):
+        raise TypeError(
+            f"allow= needs a streampickle.Unpickler subclass as unpickler_class, not "
+            f"{factory.__name__}"
+        )
+    unpickler = factory(
+        None,
+        fix_imports=fix_imports,
+        encoding=encoding,
+        errors=errors,
+        buffers=buffers,
+        allow=allow,
+        **limits,
+    )
+    if not isinstance(unpickler, Unpickler):
+        raise TypeError(
+            f"allow= needs a streampickle.Unpickler, but unpickler_class made a "
+            f"{type(unpickler).__name__}"
+        )
+    return unpickler.iter_load()
 
 
 def drive_load(requests: Generator[Request, Any, Any], file: Any) -> Any:

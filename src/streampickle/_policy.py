@@ -22,17 +22,29 @@ import types
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, TypedDict
+
+from ._exceptions import LimitExceeded
 
 __all__ = [
     "ALLOW_BUILTINS",
     "ALLOW_COLLECTIONS",
     "ALLOW_DATETIME",
     "ALLOW_DECIMAL",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_MAX_LINE_LENGTH",
+    "DEFAULT_MAX_MEMO_SIZE",
+    "DEFAULT_MAX_OBJECT_SIZE",
+    "DEFAULT_MAX_OPCODES",
+    "DEFAULT_MAX_PAYLOAD_SIZE",
+    "DEFAULT_MAX_STACK_DEPTH",
     "AllowSpec",
     "Allowlist",
     "CheckedReader",
     "ForbiddenGlobal",
+    "LimitOptions",
+    "Limits",
     "PolicyViolation",
     "required_globals",
 ]
@@ -258,6 +270,90 @@ ALLOW_DECIMAL = Allowlist([("decimal", "Decimal")])
 
 
 # ---------------------------------------------------------------------------------------------
+# Resource limits
+
+#: Default ``max_frame_size``: CPython's picklers commit frames of ~64 KiB (at most ~130 KB).
+DEFAULT_MAX_FRAME_SIZE = 16 << 20
+#: Default ``max_object_size``: the bytes one pickle may span, payloads included.
+DEFAULT_MAX_OBJECT_SIZE = 1 << 30
+#: Default ``max_line_length`` for the text opcodes of protocols 0-2 (a protocol-0 ``str`` is
+#: one line).
+DEFAULT_MAX_LINE_LENGTH = 1 << 20
+#: Default ``max_payload_size``: one ``bytes``/``bytearray``/``str``/long-int payload.
+DEFAULT_MAX_PAYLOAD_SIZE = 64 << 20
+#: Default ``max_memo_size``: the C unpickler sizes its memo table by the highest index put
+#: (16 bytes per index), so this also caps that table at 16 MiB.
+DEFAULT_MAX_MEMO_SIZE = 1 << 20
+#: Default ``max_opcodes``: a pickle of 100,000 small dicts takes 1.1 million. One opcode can
+#: build up to ~230 bytes of objects (an empty set), so this bounds what a pickle of few bytes
+#: can make the receiver allocate.
+DEFAULT_MAX_OPCODES = 1 << 20
+#: Default ``max_stack_depth``: items plus open marks on the unpickler's stack (a tuple's
+#: items are all on the stack before TUPLE; nesting a list or dict adds an item and a mark).
+DEFAULT_MAX_STACK_DEPTH = 100_000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-pickle resource limits; ``None`` disables one. `LimitExceeded` names the one hit.
+
+    Checked by every async load (``aload``, ``aiter_load``, ``PickleStream``): *max_frame_size*
+    (a protocol 4/5 frame), *max_object_size* (the bytes one pickle spans), *max_line_length*
+    (a line of the text opcodes of protocols 0-2). Each is checked before the bytes are
+    read or a buffer of the claimed size is allocated.
+
+    Checked by restricted loads only (``allow=`` given), because they need the opcode-by-opcode
+    vetting that restricted loading does anyway (and without an allowlist a hostile pickle can
+    run code, so limits would not protect the receiver): *max_payload_size* (one ``bytes``,
+    ``bytearray``, ``str`` or long-int payload), *max_memo_size* (the highest memo index + 1,
+    and the number of memo entries a pickle makes), *max_opcodes* and *max_stack_depth* (items
+    plus open marks). They are checked before the unpickler acts on the opcode. A restricted
+    load also checks the first three itself, so they hold for the sync ``load``/``loads`` too.
+    """
+
+    max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE
+    max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE
+    max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH
+    max_payload_size: int | None = DEFAULT_MAX_PAYLOAD_SIZE
+    max_memo_size: int | None = DEFAULT_MAX_MEMO_SIZE
+    max_opcodes: int | None = DEFAULT_MAX_OPCODES
+    max_stack_depth: int | None = DEFAULT_MAX_STACK_DEPTH
+
+    def check(self, what: str, size: int, limit: str, *, unit: str = "bytes") -> None:
+        """Raise `LimitExceeded` if *size* exceeds the limit named *limit*."""
+        maximum: int | None = getattr(self, limit)
+        if maximum is not None and size > maximum:
+            raise LimitExceeded(what, size, limit, maximum, unit=unit)
+
+
+class RestrictedLimitOptions(TypedDict, total=False):
+    """The fields of `Limits` that only restricted loads check, as keyword arguments."""
+
+    max_payload_size: int | None
+    max_memo_size: int | None
+    max_opcodes: int | None
+    max_stack_depth: int | None
+
+
+class LimitOptions(RestrictedLimitOptions, total=False):
+    """The fields of `Limits`, as keyword arguments of the load functions."""
+
+    max_frame_size: int | None
+    max_object_size: int | None
+    max_line_length: int | None
+
+
+def restricted_options(allow: AllowSpec, options: RestrictedLimitOptions) -> RestrictedLimitOptions:
+    """*options*; ``TypeError`` if any is given without *allow* (it would silently not apply)."""
+    if allow is None and options:
+        raise TypeError(
+            f"{', '.join(sorted(options))} only apply to restricted loads: pass allow= as well "
+            "(an unrestricted pickle can run code, so opcode limits would not protect you)"
+        )
+    return options
+
+
+# ---------------------------------------------------------------------------------------------
 # The validating reader
 
 
@@ -267,13 +363,14 @@ class _Readable(Protocol):
 
 
 _EXTENSION_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
+_MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+_MARK = pickletools.markobject
 #: Opcodes whose payload may follow their frame: the pickler commits the frame after the
 #: opcode and length field of a payload of 64 KiB or more, and writes the payload unframed.
 #: Value: the size of the opcode and length field.
 _PAYLOAD_HEADERS = {"BINBYTES": 5, "BINUNICODE": 5, "BINBYTES8": 9, "BINUNICODE8": 9}
 _PAYLOAD_HEADERS["BYTEARRAY8"] = 9
 
-_FRAME_CHECKED = _EXTENSION_OPCODES | {"FRAME", "STOP"}
 _BY_CODE = {opcode.code: opcode for opcode in pickletools.opcodes}
 
 Opcodes = Generator[tuple[Any, Any, int, int], None, None]
@@ -289,17 +386,82 @@ def _opcodes(file: Any) -> Opcodes:
         for opcode, arg, start in pickletools.genops(file):
             yield opcode, arg, start or 0, file.tell()  # genops has read exactly this opcode
     except ValueError as exc:
+        if exc is getattr(file, "io_error", None):
+            raise  # the file's own error, not the pickle's
         raise pickle.UnpicklingError(f"malformed pickle: {exc}") from exc
 
 
-class _Rules:
-    """Refuses, opcode by opcode in stream order, what a restricted load must not act on."""
+#: Stack effects, from pickletools' opcode tables: (kind, pops, pushes). For _TO_MARK, pops
+#: counts the items *below* the mark that the opcode consumes (APPENDS: the list).
+_PLAIN, _TO_MARK, _MARK_OP, _POP = range(4)
+#: Argument bytes before a payload, for the opcodes that carry one (their size is checked
+#: against max_payload_size).
+_PAYLOAD_WIDTHS = {
+    "BINBYTES": 4, "SHORT_BINBYTES": 1, "BINBYTES8": 8, "BYTEARRAY8": 8, "BINUNICODE": 4,
+    "SHORT_BINUNICODE": 1, "BINUNICODE8": 8, "BINSTRING": 4, "SHORT_BINSTRING": 1, "LONG1": 1,
+    "LONG4": 4,
+}  # fmt: skip
+#: pickletools reads an argument in one read() call; only payloads are longer than this.
+_LONGEST_FIXED_ARGUMENT = 8
+#: Claimed payloads and frames are read in pieces of at most this much, so that a length
+#: claim never allocates more than the bytes that actually arrive (plus one piece).
+_PIECE = 1 << 20
 
-    def __init__(self) -> None:
+
+def _effect(opcode: Any) -> tuple[int, int, int]:
+    before, after = opcode.stack_before, opcode.stack_after
+    if opcode.name == "MARK":
+        return _MARK_OP, 0, 0
+    if opcode.name == "POP":  # pops a mark instead if one is on top (as the C unpickler does)
+        return _POP, 1, 0
+    if _MARK in before:
+        return _TO_MARK, before.index(_MARK), len(after)
+    return _PLAIN, len(before), len(after)
+
+
+_EFFECTS = {opcode.name: _effect(opcode) for opcode in pickletools.opcodes}
+
+
+class _Rules:
+    """Refuses, opcode by opcode in stream order, what a restricted load must not act on, and
+    counts what one pickle uses of the opcode `Limits`.
+
+    The stack is modelled as the C unpickler keeps it: a depth, and the depths at which the
+    open marks were set; items below the topmost mark (the "fence") cannot be popped. This
+    runs for every opcode, so the common case is kept to a few comparisons.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
         self.frame_end = -1  # stream offset where the current frame ends
+        self.opcodes = 0
+        self.depth = 0
+        self.fence = 0
+        self.marks: list[int] = []
+        self.memo_writes = 0
+        self.max_opcodes = _or_max(limits.max_opcodes)
+        self.max_stack_depth = _or_max(limits.max_stack_depth)
 
     def check(self, name: str, arg: Any, start: int, end: int) -> None:
-        """Raise `PolicyViolation` if the opcode *name* at ``[start, end)`` is refused."""
+        """Raise `PolicyViolation` if the opcode *name* at ``[start, end)`` is refused,
+        `LimitExceeded` if it exceeds a limit, ``UnpicklingError`` if it underflows the stack."""
+        if name in _FRAMING or start < self.frame_end < end:
+            self._check_framing(name, arg, start, end)
+        self.opcodes += 1
+        if self.opcodes > self.max_opcodes:
+            self.limits.check("pickle", self.opcodes, "max_opcodes", unit="opcodes")
+        kind, pops, pushes = _EFFECTS[name]
+        if kind == _PLAIN and self.depth - pops >= self.fence:
+            self.depth += pushes - pops
+        else:
+            self._apply_marks(name, kind, pops, pushes, start)
+        if self.depth + len(self.marks) > self.max_stack_depth:
+            depth = self.depth + len(self.marks)
+            self.limits.check("stack", depth, "max_stack_depth", unit="items")
+        if name in _SIZED:
+            self._check_size(name, arg, end - start)
+
+    def _check_framing(self, name: str, arg: Any, start: int, end: int) -> None:
         if start < self.frame_end:
             if name == "FRAME":
                 self._refuse(f"FRAME at position {start} is inside another frame", start)
@@ -320,30 +482,103 @@ class _Rules:
                 start,
             )
 
+    def _apply_marks(self, name: str, kind: int, pops: int, pushes: int, start: int) -> None:
+        """Apply an opcode that sets or uses a mark, or underflows, to the modelled stack."""
+        marks = self.marks
+        if kind == _MARK_OP:
+            marks.append(self.depth)
+        elif kind == _POP and marks and marks[-1] == self.depth:
+            marks.pop()
+        else:
+            depth = self.depth
+            if kind == _TO_MARK:
+                if not marks:
+                    raise pickle.UnpicklingError(
+                        f"malformed pickle: {name} at position {start} finds no MARK"
+                    )
+                depth = marks.pop()
+            if depth - pops < (marks[-1] if marks else 0):
+                raise pickle.UnpicklingError(
+                    f"malformed pickle: {name} at position {start} pops more than the stack holds"
+                )
+            self.depth = depth - pops + pushes
+        self.fence = marks[-1] if marks else 0
+
+    def _check_size(self, name: str, arg: Any, length: int) -> None:
+        """Check a payload's size, or a memo index, against its limit."""
+        width = _PAYLOAD_WIDTHS.get(name)
+        if width is not None:
+            self.limits.check(f"{name} payload", length - 1 - width, "max_payload_size")
+            return
+        # The C unpickler grows its memo table to the index put (MEMOIZE puts at the number
+        # of entries), so the index is what costs memory.
+        index = arg if name != "MEMOIZE" else self.memo_writes
+        self.memo_writes += 1
+        entries = max(index + 1, self.memo_writes)
+        self.limits.check("memo", entries, "max_memo_size", unit="entries")
+
     @staticmethod
     def _refuse(message: str, position: int) -> None:
         raise PolicyViolation(message, position)
 
 
-class _Recorder:
-    """The file the opcode parser reads: forwards to *inner*, keeps every byte it returns."""
+def _or_max(limit: int | None) -> int:
+    return sys.maxsize if limit is None else limit
 
-    def __init__(self, inner: _Readable, record: deque[bytes]) -> None:
+
+_FRAMING = _EXTENSION_OPCODES | {"FRAME", "STOP"}
+_SIZED = _PAYLOAD_WIDTHS.keys() | _MEMO_PUT | {"MEMOIZE"}
+
+
+class _Recorder:
+    """The file the opcode parser reads: forwards to *inner*, keeps every byte it returns, and
+    checks the byte limits before each read."""
+
+    def __init__(self, inner: _Readable, record: deque[bytes], limits: Limits) -> None:
         self._inner = inner
         self._record = record
+        self._limits = limits
         self.position = 0  # stream offset of the next byte
+        self.start = 0  # stream offset where the current pickle started
         self.eof = False  # the inner file returned less than asked
+        #: An exception the inner file raised: the file's own error, not the pickle's.
+        self.io_error: BaseException | None = None
 
     def tell(self) -> int:
         return self.position
 
     def read(self, size: int) -> bytes:
-        data = self._inner.read(size) if size else b""
-        return self._keep(data, len(data) < size)
+        """What the opcode parser calls: any read longer than a fixed argument is a payload."""
+        if size > _LONGEST_FIXED_ARGUMENT:
+            # The pickle's total first, as aload's reader checks it (a same error either way).
+            self._limits.check("pickle", self.position - self.start + size, "max_object_size")
+            self._limits.check("payload", size, "max_payload_size")
+        return self.read_raw(size)
+
+    def read_raw(self, size: int) -> bytes:
+        """Read *size* bytes (fewer at end of stream), in pieces of at most `_PIECE`."""
+        self._limits.check("pickle", self.position - self.start + size, "max_object_size")
+        pieces = []
+        remaining = size
+        while remaining and not self.eof:
+            asked = min(remaining, _PIECE)
+            piece = self._call(self._inner.read, asked)
+            pieces.append(self._keep(piece, len(piece) < asked))
+            remaining -= len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def readline(self) -> bytes:
-        data = self._inner.readline()
+        data = self._call(self._inner.readline)
+        self._limits.check("line", len(data), "max_line_length")
+        self._limits.check("pickle", self.position - self.start + len(data), "max_object_size")
         return self._keep(data, not data.endswith(b"\n"))
+
+    def _call(self, method: Callable[..., bytes], *args: int) -> bytes:
+        try:
+            return method(*args)
+        except BaseException as exc:
+            self.io_error = exc
+            raise
 
     def _keep(self, data: bytes, short: bool) -> bytes:
         if data:
@@ -359,10 +594,12 @@ class CheckedReader:
     It parses the stream (``pickletools.genops``) ahead of the C unpickler and hands on bytes
     only up to the end of the last opcode checked, so the unpickler never acts on an unchecked
     opcode. Refused with `PolicyViolation`: EXT1/EXT2/EXT4, an opcode straddling its frame's
-    end, a FRAME inside a frame, a frame running past STOP. Malformed opcodes raise
-    ``UnpicklingError``. After either, every later read raises the same error: the stream
-    cannot be resynchronised. A stream that ends early gives a short read, so the unpickler
-    raises its usual ``EOFError``/``UnpicklingError``.
+    end, a FRAME inside a frame, a frame running past STOP. Refused with `LimitExceeded`: what
+    exceeds one of *limits* (all of them are checked here, before the bytes are read or the
+    unpickler acts on the opcode). Malformed opcodes, and opcodes that pop more than the stack
+    holds, raise ``UnpicklingError``. After any of these, every later read raises the same
+    error: the stream cannot be resynchronised. A stream that ends early gives a short read,
+    so the unpickler raises its usual ``EOFError``/``UnpicklingError``.
 
     It reads *inner* with ``read``/``readline`` only, never past the pickle's STOP: one read
     per frame (checked as a whole, at C speed), one per field outside frames. It has no
@@ -372,14 +609,15 @@ class CheckedReader:
     here until the unpickler has copied it.
     """
 
-    def __init__(self, inner: _Readable) -> None:
+    def __init__(self, inner: _Readable, limits: Limits | None = None) -> None:
         self._pending: deque[bytes] = deque()  # raw bytes read, not yet handed on
         self._head = 0  # offset already handed on in _pending[0]
         self._handed = 0  # stream offset of the next byte to hand on
         self._checked = 0  # stream offset of the end of the last opcode checked
-        self._recorder = _Recorder(inner, self._pending)
+        self._limits = Limits() if limits is None else limits
+        self._recorder = _Recorder(inner, self._pending, self._limits)
         self._ops: Opcodes | None = None
-        self._rules = _Rules()
+        self._rules = _Rules(self._limits)
         #: The error that stopped this reader, raised again by every later read.
         self.failure: pickle.UnpicklingError | None = None
 
@@ -409,6 +647,11 @@ class CheckedReader:
             line += b"".join(self._take(len(head) if end < 0 else end + 1))
         return bytes(line)
 
+    @property
+    def io_error(self) -> BaseException | None:
+        """The last exception the wrapped file raised (its own error, not the pickle's)."""
+        return self._recorder.io_error
+
     # -- internals ------------------------------------------------------------------------------
 
     def _available(self, wanted: int) -> int:
@@ -424,7 +667,8 @@ class CheckedReader:
         """Check one more opcode (a whole frame after FRAME); ``False`` if the input ended."""
         if self._ops is None:  # a new pickle starts (the unpickler never reads past STOP)
             self._ops = _opcodes(self._recorder)
-            self._rules = _Rules()
+            self._rules = _Rules(self._limits)
+            self._recorder.start = self._recorder.position
         try:
             opcode, arg, start, end = next(self._ops)
             self._rules.check(opcode.name, arg, start, end)
@@ -433,7 +677,7 @@ class CheckedReader:
             elif opcode.name == "STOP":
                 self._ops = None
         except pickle.UnpicklingError as exc:
-            if self._recorder.eof and not isinstance(exc, PolicyViolation):
+            if self._recorder.eof and not isinstance(exc, (PolicyViolation, LimitExceeded)):
                 self._ops = None  # truncated: the unpickler reports it its usual way
                 return False
             self.failure = exc
@@ -446,19 +690,18 @@ class CheckedReader:
     def _check_frame(self, start: int, size: int) -> int:
         """Read and check the frame of *size* bytes at *start*, and the payload that may follow
         it; return where what was checked ends."""
-        frame = self._recorder.read(size)
+        self._limits.check("frame", size, "max_frame_size")
+        frame = self._recorder.read_raw(size)
         if len(frame) < size:
             return start
-        # Inside a complete frame only these opcodes need a look: a straddling or malformed
-        # opcode makes genops fail, which _check_payload sorts out.
+        # A straddling or malformed opcode makes genops fail, which _check_payload sorts out.
         file = io.BytesIO(frame)
         last = 0  # frame offset of the end of the last complete opcode
         try:
             for opcode, arg, _ in pickletools.genops(file):
-                if opcode.name in _FRAME_CHECKED:
-                    self._rules.check(opcode.name, arg, start + last, start + file.tell())
-                    if opcode.name == "STOP":
-                        self._ops = None
+                self._rules.check(opcode.name, arg, start + last, start + file.tell())
+                if opcode.name == "STOP":
+                    self._ops = None
                 last = file.tell()
         except ValueError:  # the frame ended: between opcodes, or inside one
             if last == len(frame):
@@ -479,8 +722,10 @@ class CheckedReader:
                 start + last,
             )
         size = int.from_bytes(header[1:], "little")
+        end = start + len(frame) + size
+        self._rules.check(opcode.name, None, start + last, end)  # before reading the payload
         self._recorder.read(size)
-        return start if self._recorder.eof else start + len(frame) + size
+        return start if self._recorder.eof else end
 
     def _take(self, size: int) -> Iterator[memoryview]:
         """Hand on up to *size* checked bytes (all of them if negative), as views in order."""
@@ -500,33 +745,52 @@ class CheckedReader:
             yield part
 
 
+#: What the C unpickler and the callables it calls raise for data that makes no sense.
+_BAD_DATA_ERRORS = (ArithmeticError, AttributeError, LookupError, TypeError, ValueError)
+
+
 class Restriction:
     """What a restricted `Unpickler` holds: its allowlist and the `CheckedReader` it reads.
 
-    The unpickler reads ``reader`` (which reads *source*) and calls `find_class` for every
-    global it meets.
+    The unpickler reads ``reader`` (which reads *source* within *limits*) and calls
+    `find_class` for every global it meets.
     """
 
     __slots__ = ("allowlist", "fix_imports", "reader")
 
-    def __init__(self, allow: Allowlist | Iterable[Pair], source: _Readable, fix_imports: bool):
+    def __init__(
+        self,
+        allow: Allowlist | Iterable[Pair],
+        source: _Readable,
+        fix_imports: bool,
+        limits: Limits | None = None,
+    ) -> None:
         self.allowlist = as_allowlist(allow)
         self.fix_imports = fix_imports
-        self.reader = CheckedReader(source)
+        self.reader = CheckedReader(source, limits)
 
     def run(self, load: Callable[[], Any]) -> Any:
-        """Call the unpickler's *load*, re-raising a refusal of `reader` that it masked.
+        """Call the unpickler's *load*; a restricted load of bad data raises only
+        ``UnpicklingError`` (or a subclass) or ``EOFError``.
 
         The C unpickler turns any ``UnpicklingError`` raised by the file while it reads an
         opcode byte into ``EOFError("Ran out of input")``; the reader's error is restored here.
+        The errors the unpickler raises when opcodes apply to the wrong kind of object
+        (``TypeError`` for an unhashable dict key, ``ValueError`` for a bad literal...), and
+        those of allowed callables given bad arguments, become ``UnpicklingError`` with the
+        original as ``__cause__``. The file's own errors pass through unchanged.
         """
         try:
             return load()
         except Exception as exc:
             failure = self.reader.failure
-            if failure is None or failure is exc:
-                raise
-            raise failure from None
+            if failure is not None and failure is not exc:
+                raise failure from None
+            if isinstance(exc, _BAD_DATA_ERRORS) and exc is not self.reader.io_error:
+                raise pickle.UnpicklingError(
+                    f"bad pickle data: {type(exc).__name__}: {exc}"
+                ) from exc
+            raise
 
     def find_class(self, module: str, name: str) -> Any:
         """`Allowlist.find_class` with this unpickler's ``fix_imports``."""
@@ -536,13 +800,11 @@ class Restriction:
 # ---------------------------------------------------------------------------------------------
 # Listing the globals a pickle needs
 
-_MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 _MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _STRINGS = frozenset(
     {"UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
     | {"STRING", "BINSTRING", "SHORT_BINSTRING"}
 )
-_MARK = pickletools.markobject
 
 
 def required_globals(data: Any, *, fix_imports: bool = True) -> list[Pair]:

@@ -26,16 +26,28 @@ import asyncio
 import io
 import os
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 from anyio import EndOfStream
 from anyio.abc import ByteReceiveStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ._engine import Peek, Read, ReadInto, Request
-from ._exceptions import LimitExceeded
 from ._pickler import iter_loads
+from ._policy import (
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_LINE_LENGTH,
+    DEFAULT_MAX_OBJECT_SIZE,
+    AllowSpec,
+    Limits,
+    RestrictedLimitOptions,
+    restricted_options,
+)
+from ._writers import Progress
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -46,13 +58,6 @@ __all__ = [
     "aload",
 ]
 
-#: Default ``max_frame_size``: CPython's picklers commit frames of ~64 KiB (at most ~130 KB).
-DEFAULT_MAX_FRAME_SIZE = 16 << 20
-#: Default ``max_object_size``: the bytes one pickle may span, payloads included.
-DEFAULT_MAX_OBJECT_SIZE = 1 << 30
-#: Default ``max_line_length`` for the text opcodes of protocols 0-2 (a protocol-0 ``str`` is
-#: one line).
-DEFAULT_MAX_LINE_LENGTH = 1 << 20
 
 #: Read-ahead per receive, for sources that may read ahead.
 READ_AHEAD = 1 << 16
@@ -74,22 +79,6 @@ _LENGTH_OPCODES: dict[int, tuple[str, int, bool]] = {
     0x54: ("BINSTRING payload", 4, True),
     0x8B: ("LONG4 payload", 4, True),
 }
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Read limits, each checked before the bytes are read or a buffer is allocated
-    (`LimitExceeded` names the one hit). ``None`` disables a limit."""
-
-    max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE
-    max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE
-    max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH
-
-    def check(self, what: str, size: int, limit: str) -> None:
-        """Raise `LimitExceeded` if *size* exceeds the limit named *limit*."""
-        maximum: int | None = getattr(self, limit)
-        if maximum is not None and size > maximum:
-            raise LimitExceeded(what, size, limit, maximum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,20 +268,28 @@ class Loader:
         self.eof = False
         self._peeking = False
         self._last: int | None = None  # the byte the last Read(1) returned
+        self._progress: Progress | None = None
+        self._reported = 0  # the last count given to _progress
 
     @property
     def buffered(self) -> int:
         """Bytes read ahead and not yet consumed."""
         return len(self._buffer) - self._pos
 
-    async def load(self, requests: Generator[Request, Any, Any]) -> Any:
+    async def load(
+        self, requests: Generator[Request, Any, Any], progress: Progress | None = None
+    ) -> Any:
         """Run *requests* to completion and return the object; always closes *requests*.
+
+        ``progress(n)`` is called whenever more of the pickle was read: *n* is the number of
+        its bytes read so far (strictly increasing; pieces of a large payload count as read).
 
         Raises what the unpickler raises (``EOFError`` at end of stream before the first byte,
         ``UnpicklingError``/``EOFError`` for a truncated pickle), `LimitExceeded`, and the
         source's errors.
         """
         self.consumed, self.eof, self._peeking, self._last = 0, False, False, None
+        self._progress, self._reported = progress, 0
         reply: Any = None
         try:
             while True:
@@ -360,7 +357,16 @@ class Loader:
                 self._check_length(data)
                 self._last = None
         self.consumed += len(data)
+        self._report()
         return data
+
+    def _report(self, pending: int = 0) -> None:
+        """Tell the progress hook that ``consumed + pending`` bytes were read (*pending*: of a
+        payload still being received, so a large one shows progress as it arrives)."""
+        count = self.consumed + pending
+        if self._progress is not None and count > self._reported:
+            self._reported = count
+            self._progress(count)
 
     def _choose_mode(self, byte: int) -> None:
         # Read ahead only for pickles that do not start with PROTO 4 or 5 (see module doc).
@@ -419,6 +425,8 @@ class Loader:
                 break
             pieces.append(piece)
             remaining -= len(piece)
+            if remaining:  # the last piece is reported once the reply is consumed
+                self._report(size - remaining)
         return b"".join(pieces)
 
     async def _read_into(self, buffer: memoryview) -> int:
@@ -433,7 +441,10 @@ class Loader:
                 self.eof = True
                 break
             filled += count
+            if filled < size:
+                self._report(filled)
         self.consumed += filled
+        self._report()
         return filled
 
     async def _read_line(self) -> bytes:
@@ -457,12 +468,17 @@ def new_requests(
     errors: str,
     buffers: Iterable[Any] | None,
     unpickler_class: Callable[..., Any] | None,
+    allow: AllowSpec = None,
+    limits: Limits | None = None,
 ) -> Generator[Request, Any, Any]:
     """A fresh incremental loader with ``pickle.load``'s options (the default unpickler when
-    *unpickler_class* is ``None``)."""
+    *unpickler_class* is ``None``), restricted by *allow* within *limits* if *allow* is given.
+    """
     options: dict[str, Any] = (
         {} if unpickler_class is None else {"unpickler_class": unpickler_class}
     )
+    if allow is not None:
+        options.update(asdict(limits or Limits()), allow=allow)
     return iter_loads(
         fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers, **options
     )
@@ -479,6 +495,9 @@ async def aload(
     max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE,
     max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE,
     max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH,
+    progress: Progress | None = None,
+    allow: AllowSpec = None,
+    **limits: Unpack[RestrictedLimitOptions],
 ) -> Any:
     """Read exactly one pickle from the async byte stream *reader* and return the object.
 
@@ -507,15 +526,36 @@ async def aload(
     read is refused; frames are a protocol-4 feature and are only checked in protocol 4/5
     pickles, and in-frame lengths are only checked when their payload is read.
 
+    ``progress(bytes_read)`` is called as the pickle is read, with the number of its bytes read
+    so far (strictly increasing: after each frame or opcode the unpickler takes, and after each
+    piece of a large payload), as `adump`'s *progress* is called with the bytes written. The
+    receiver cannot know the total in advance (the sender only knows it once pickling ends); the
+    last call's count is the pickle's size. An exception raised by *progress* aborts the load.
+
+    *allow* (an `Allowlist` or pairs) restricts loading as in `streampickle.Unpickler`, whose
+    ``iter_load`` then runs (*unpickler_class*, if given, must be a subclass of it): only the
+    listed globals resolve, the opcodes are vetted before the unpickler acts on them, and the
+    other `Limits` apply too (*max_payload_size*, *max_memo_size*, *max_opcodes*,
+    *max_stack_depth*, with `Limits`' defaults; passing one without *allow* is a
+    ``TypeError``). The restricted unpickler never peeks, so the read-ahead caveat above does
+    not apply to it. Bad data then raises only ``UnpicklingError`` (a subclass for a refusal:
+    `ForbiddenGlobal`, `PolicyViolation`, `LimitExceeded`) or ``EOFError``.
+
     Errors: ``EOFError`` if the stream ends before the first byte (as ``pickle.load``);
     ``UnpicklingError`` or ``EOFError`` if it ends inside the pickle or the data is bad;
     `LimitExceeded`; the stream's own errors. After an error or a cancellation the unpickler
     has been unwound and the reader is positioned somewhere inside the pickle (bytes it had
     read ahead are dropped): treat it as broken.
     """
-    loader = Loader(source_for(reader), Limits(max_frame_size, max_object_size, max_line_length))
+    settings = Limits(
+        max_frame_size, max_object_size, max_line_length, **restricted_options(allow, limits)
+    )
+    loader = Loader(source_for(reader), settings)
     await loader.source.prepare()
-    obj = await loader.load(new_requests(fix_imports, encoding, errors, buffers, unpickler_class))
+    requests = new_requests(
+        fix_imports, encoding, errors, buffers, unpickler_class, allow, settings
+    )
+    obj = await loader.load(requests, progress)
     await loader.give_back()
     return obj
 
@@ -531,24 +571,43 @@ async def aiter_load(
     max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE,
     max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE,
     max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH,
+    progress: Progress | None = None,
+    allow: AllowSpec = None,
+    **limits: Unpack[RestrictedLimitOptions],
 ) -> AsyncIterator[Any]:
     """Yield the objects pickled back to back in *reader* until a clean end of stream.
 
-    Each object is read as by `aload` (same arguments, readers and limits; *buffers* is shared
-    by all the pickles). The stream ending before a pickle's first byte ends the iteration;
-    ending inside one raises ``UnpicklingError`` or ``EOFError``. Read-ahead bytes are given
-    back to the reader before each object is yielded, so breaking out of the loop leaves the
-    reader right after the last object yielded.
+    Each object is read as by `aload` (same arguments, readers, *allow* and limits, per pickle;
+    *buffers* is shared by all the pickles; each pickle gets a fresh unpickler, so one pickle's
+    memo never resolves another's references). The stream ending before a pickle's first byte
+    ends the iteration; ending inside one raises ``UnpicklingError`` or ``EOFError``.
+    Read-ahead bytes are given back to the reader before each object is yielded, so breaking
+    out of the loop leaves the reader right after the last object yielded.
+    ``progress(bytes_read)`` counts the bytes of all the pickles read so far, from the first.
     """
-    loader = Loader(source_for(reader), Limits(max_frame_size, max_object_size, max_line_length))
+    settings = Limits(
+        max_frame_size, max_object_size, max_line_length, **restricted_options(allow, limits)
+    )
+    loader = Loader(source_for(reader), settings)
     await loader.source.prepare()
+    done = 0  # bytes of the pickles already read: progress counts the whole stream
     while True:
-        requests = new_requests(fix_imports, encoding, errors, buffers, unpickler_class)
+        requests = new_requests(
+            fix_imports, encoding, errors, buffers, unpickler_class, allow, settings
+        )
         try:
-            obj = await loader.load(requests)
+            obj = await loader.load(requests, _offset(progress, done))
         except EOFError:
             if loader.consumed == 0 and loader.eof:
                 return
             raise
+        done += loader.consumed
         await loader.give_back()
         yield obj
+
+
+def _offset(progress: Progress | None, base: int) -> Progress | None:
+    """*progress*, called with *base* added to each count."""
+    if progress is None or not base:
+        return progress
+    return lambda count: progress(base + count)

@@ -13,8 +13,16 @@ import anyio
 from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
 from anyio.abc import AnyByteStream, ByteReceiveStream, ByteStream, ObjectStream
 
+from ._auth import authenticate
 from ._engine import Chunk
 from ._pickler import iter_dumps
+from ._policy import (
+    DEFAULT_MAX_MEMO_SIZE,
+    DEFAULT_MAX_OPCODES,
+    DEFAULT_MAX_PAYLOAD_SIZE,
+    DEFAULT_MAX_STACK_DEPTH,
+    AllowSpec,
+)
 from ._readers import (
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_LINE_LENGTH,
@@ -24,7 +32,7 @@ from ._readers import (
     Source,
     new_requests,
 )
-from ._writers import write_chunks
+from ._writers import Progress, write_chunks
 
 __all__ = ["PickleStream"]
 
@@ -73,6 +81,14 @@ class PickleStream(ObjectStream[Any]):
     a wrong object. A receive that fails or is cancelled after consuming a byte breaks it for
     receiving likewise; one cancelled before that leaves it intact. ``aclose`` closes the
     transport; afterwards ``send``/``receive`` raise ``anyio.ClosedResourceError``.
+
+    Untrusted peers: with *allow* (an `Allowlist` or pairs) every object is loaded restricted,
+    as by ``aload(..., allow=...)``, within all the `Limits` (*max_payload_size*,
+    *max_memo_size*, *max_opcodes* and *max_stack_depth* apply only then). A refusal
+    (`ForbiddenGlobal`, `PolicyViolation`, `LimitExceeded`) is raised from ``receive`` and
+    breaks the stream for receiving: the rest of that pickle is still unread. Each object gets
+    a fresh unpickler, as each was pickled by a fresh pickler. To make the peer prove a shared
+    key first, open the stream with `authenticated`.
     """
 
     transport_stream: AnyByteStream
@@ -82,6 +98,11 @@ class PickleStream(ObjectStream[Any]):
     max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE
     max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE
     max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH
+    allow: AllowSpec = None
+    max_payload_size: int | None = DEFAULT_MAX_PAYLOAD_SIZE
+    max_memo_size: int | None = DEFAULT_MAX_MEMO_SIZE
+    max_opcodes: int | None = DEFAULT_MAX_OPCODES
+    max_stack_depth: int | None = DEFAULT_MAX_STACK_DEPTH
     _loader: Loader = field(init=False, repr=False)
     _send_lock: anyio.Lock = field(init=False, repr=False, default_factory=anyio.Lock)
     _receive_lock: anyio.Lock = field(init=False, repr=False, default_factory=anyio.Lock)
@@ -91,8 +112,36 @@ class PickleStream(ObjectStream[Any]):
     _closed: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
-        limits = Limits(self.max_frame_size, self.max_object_size, self.max_line_length)
+        limits = Limits(
+            self.max_frame_size,
+            self.max_object_size,
+            self.max_line_length,
+            self.max_payload_size,
+            self.max_memo_size,
+            self.max_opcodes,
+            self.max_stack_depth,
+        )
         self._loader = Loader(_TransportSource(self.transport_stream), limits)
+
+    @classmethod
+    async def authenticated(
+        cls, transport_stream: ByteStream, *, key: bytes, **options: Any
+    ) -> PickleStream:
+        """A `PickleStream` over *transport_stream* once its peer proved it holds *key*.
+
+        Runs `streampickle.authenticate` (the peer must do the same) before anything is sent
+        or unpickled; *options* are those of the constructor (pass *allow* too: a peer that
+        knows the key is not thereby harmless). On any error, `AuthenticationError` included,
+        the transport is closed. For asyncio or trio streams, make the stream with
+        `from_asyncio`/`from_trio` and ``await authenticate(stream.transport_stream, key)``
+        before using it.
+        """
+        try:
+            await authenticate(transport_stream, key)
+        except BaseException:
+            await anyio.aclose_forcefully(transport_stream)
+            raise
+        return cls(transport_stream, **options)
 
     @classmethod
     def from_asyncio(
@@ -112,8 +161,12 @@ class PickleStream(ObjectStream[Any]):
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return self.transport_stream.extra_attributes
 
-    async def send(self, item: Any) -> None:
-        """Pickle *item* into the transport; see the class docstring for errors."""
+    async def send(self, item: Any, *, progress: Progress | None = None) -> None:
+        """Pickle *item* into the transport; see the class docstring for errors.
+
+        ``progress(bytes_sent)`` is called after each write with the bytes of this object sent
+        so far, as by `adump`.
+        """
         async with self._send_lock:
             if self._closed:
                 raise ClosedResourceError
@@ -124,7 +177,7 @@ class PickleStream(ObjectStream[Any]):
                 )
             chunks = iter_dumps(item, self.protocol, pickler_class=self.pickler_class)
             try:
-                await write_chunks(self._track(chunks), self.transport_stream)
+                await write_chunks(self._track(chunks), self.transport_stream, progress)
             except BaseException:
                 self._send_broken = self._partial
                 raise
@@ -140,8 +193,12 @@ class PickleStream(ObjectStream[Any]):
         finally:
             chunks.close()
 
-    async def receive(self) -> Any:
-        """Read the next object; see the class docstring for errors."""
+    async def receive(self, *, progress: Progress | None = None) -> Any:
+        """Read the next object; see the class docstring for errors.
+
+        ``progress(bytes_read)`` is called as the object's pickle is read, with its bytes read
+        so far, as by `aload` (the total is not known before the last call).
+        """
         async with self._receive_lock:
             if self._closed:
                 raise ClosedResourceError
@@ -151,9 +208,11 @@ class PickleStream(ObjectStream[Any]):
                     "that pickle is still on the stream, so nothing more can be received"
                 )
             loader = self._loader
-            requests = new_requests(True, "ASCII", "strict", None, self.unpickler_class)
+            requests = new_requests(
+                True, "ASCII", "strict", None, self.unpickler_class, self.allow, loader.limits
+            )
             try:
-                return await loader.load(requests)
+                return await loader.load(requests, progress)
             except BaseException as exc:
                 self._receive_broken = loader.consumed > 0
                 if isinstance(exc, (EOFError, pickle.UnpicklingError)) and loader.eof:

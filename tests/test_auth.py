@@ -1,0 +1,247 @@
+"""Authenticated peers: the shared-key handshake over real TCP and TLS, on asyncio and trio.
+
+A peer that fails the handshake (wrong key, replayed or reflected handshake, oversized or
+foreign messages, pickle data sent right away) gets `AuthenticationError` and nothing it sent
+is unpickled.
+"""
+
+from __future__ import annotations
+
+import pickle
+import ssl
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import ByteStream, SocketStream
+from anyio.streams.tls import TLSAttribute, TLSStream
+
+from streampickle import ALLOW_BUILTINS, AuthenticationError, PickleStream, authenticate
+from test_limits import HANG_GUARD, tcp_pair, while_sending
+
+pytestmark = pytest.mark.anyio
+
+KEY = b"k" * 32
+OTHER_KEY = b"o" * 32
+
+
+@dataclass(eq=False)
+class Recording(ByteStream):
+    """A byte stream that keeps a copy of everything it receives."""
+
+    inner: ByteStream
+    received: bytearray = field(default_factory=bytearray)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        data = await self.inner.receive(max_bytes)
+        self.received += data
+        return data
+
+    async def send(self, item: bytes) -> None:
+        await self.inner.send(item)
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def handshake_both(client_key: bytes, server_key: bytes) -> list[BaseException | None]:
+    """Run `authenticate` on both ends of a TCP connection; return each side's error."""
+    outcomes: list[BaseException | None] = [None, None]
+
+    async def side(index: int, stream: SocketStream, key: bytes) -> None:
+        try:
+            await authenticate(stream, key)
+        except AuthenticationError as exc:
+            outcomes[index] = exc
+            await stream.aclose()  # as a caller should: the peer then sees the end
+
+    async with tcp_pair() as (client, server):
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as group:
+                group.start_soon(side, 0, client, client_key)
+                group.start_soon(side, 1, server, server_key)
+    return outcomes
+
+
+async def test_same_key_authenticates_and_objects_flow(anyio_backend: Any) -> None:
+    async with tcp_pair() as (client, server), anyio.create_task_group() as group:
+        streams: dict[str, PickleStream] = {}
+
+        async def open_server() -> None:
+            streams["server"] = await PickleStream.authenticated(
+                server, key=KEY, allow=ALLOW_BUILTINS
+            )
+
+        with anyio.fail_after(HANG_GUARD):
+            group.start_soon(open_server)
+            left = await PickleStream.authenticated(client, key=KEY)
+        await left.send({"a": {1, 2}})
+        assert await streams["server"].receive() == {"a": {1, 2}}
+        await streams["server"].send(b"reply")
+        assert await left.receive() == b"reply"
+
+
+async def test_wrong_key_fails_on_both_sides(anyio_backend: Any) -> None:
+    client_error, server_error = await handshake_both(KEY, OTHER_KEY)
+    assert isinstance(client_error, AuthenticationError)
+    assert isinstance(server_error, AuthenticationError)
+    assert "does not hold the same key" in str(server_error)
+
+
+async def test_same_key_succeeds_on_both_sides(anyio_backend: Any) -> None:
+    assert await handshake_both(KEY, KEY) == [None, None]
+
+
+def marker_pickle(marker: Path) -> bytes:
+    """A pickle that creates *marker* when loaded unrestricted."""
+    return b"cposix\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+
+
+async def test_pickle_data_before_authenticating_is_not_unpickled(
+    tmp_path: Path, anyio_backend: Any
+) -> None:
+    marker = tmp_path / "pwned"
+
+    async def serve(stream: SocketStream) -> Any:
+        return await PickleStream.authenticated(stream, key=KEY)  # allow= omitted on purpose
+
+    with pytest.raises(AuthenticationError, match="instead of a streampickle handshake"):
+        await while_sending(marker_pickle(marker), serve)
+    assert not marker.exists()
+
+
+async def test_replayed_handshake_is_refused(anyio_backend: Any) -> None:
+    """Record what an honest client sends to a server, then replay it to a new server."""
+    transcript = bytearray()
+    async with tcp_pair() as (client, server):
+        recording = Recording(server)
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as group:
+                group.start_soon(authenticate, client, KEY)
+                await authenticate(recording, KEY)
+        transcript += recording.received
+    assert len(transcript) == 2 * 10 + 32 + 32  # two headers, a nonce and a proof
+    with pytest.raises(AuthenticationError, match="does not match"):
+        await while_sending(bytes(transcript), lambda stream: authenticate(stream, KEY))
+
+
+async def test_reflected_handshake_is_refused(anyio_backend: Any) -> None:
+    """A peer without the key echoes our messages back: our own proof would match."""
+    async with tcp_pair() as (client, server), anyio.create_task_group() as group:
+
+        async def echo() -> None:
+            async for data in server:
+                await server.send(data)
+
+        group.start_soon(echo)
+        with anyio.fail_after(HANG_GUARD), pytest.raises(AuthenticationError, match="reflected"):
+            await authenticate(client, KEY)
+        group.cancel_scope.cancel()
+
+
+def header(kind: bytes, length: int, *, magic: bytes = b"SPAUTH", version: int = 1) -> bytes:
+    return struct.pack(">6sBcH", magic, version, kind, length)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # Only the header is sent: reading a body would hang (the hang guard would fire).
+        (header(b"H", 65535), "65535 bytes exceeds the maximum"),
+        (header(b"H", 32, version=2) + b"n" * 32, "version 2"),
+        (header(b"P", 32) + b"p" * 32, "expected a HELLO message of 32 bytes, got PROOF"),
+        (header(b"H", 16) + b"n" * 16, "HELLO message of 32 bytes, got HELLO of 16"),
+        (header(b"H", 32)[:7], "ended during the handshake"),
+    ],
+    ids=["oversized", "version", "out-of-order", "short-nonce", "truncated"],
+)
+async def test_bad_handshake_messages(data: bytes, message: str, anyio_backend: Any) -> None:
+    with pytest.raises(AuthenticationError, match=message):
+        await while_sending(data, lambda stream: authenticate(stream, KEY))
+
+
+async def test_oversized_proof_is_refused_after_a_good_hello(anyio_backend: Any) -> None:
+    data = header(b"H", 32) + b"n" * 32 + header(b"P", 60000)
+    with pytest.raises(AuthenticationError, match="60000 bytes exceeds"):
+        await while_sending(data, lambda stream: authenticate(stream, KEY))
+
+
+async def test_failed_authentication_closes_the_transport(anyio_backend: Any) -> None:
+    async with tcp_pair() as (client, server):
+        await client.send(pickle.dumps("no handshake"))
+        with pytest.raises(AuthenticationError):
+            await PickleStream.authenticated(server, key=KEY)
+        with anyio.fail_after(HANG_GUARD):
+            hello = await client.receive()  # the server's HELLO went out before it read ours
+            assert hello.startswith(b"SPAUTH")
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await client.receive()  # then it hung up
+
+
+async def test_keys_must_be_bytes(anyio_backend: Any) -> None:
+    async with tcp_pair() as (client, _):
+        with pytest.raises(TypeError, match="bytes"):
+            await authenticate(client, "secret")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="empty"):
+            await authenticate(client, b"")
+
+
+async def test_authenticated_stream_over_tls(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+    anyio_backend: Any,
+) -> None:
+    server_context, client_context = tls_contexts
+
+    async def exchange(server_key: bytes) -> tuple[Any, Any]:
+        """(what the client's authenticated() gave or raised, what the server received or
+        raised) over a TLS connection."""
+        outcomes: list[Any] = [None, None]
+
+        async def serve(raw: SocketStream) -> None:
+            tls = await TLSStream.wrap(raw, server_side=True, ssl_context=server_context)
+            try:
+                stream = await PickleStream.authenticated(tls, key=server_key, allow=[])
+                outcomes[1] = await stream.receive()
+            except AuthenticationError as exc:
+                outcomes[1] = exc
+
+        async with tcp_pair() as (client_raw, server_raw):
+            with anyio.fail_after(HANG_GUARD):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(serve, server_raw)
+                    tls = await TLSStream.wrap(
+                        client_raw, hostname="localhost", ssl_context=client_context
+                    )
+                    try:
+                        stream = await PickleStream.authenticated(tls, key=KEY)
+                    except AuthenticationError as exc:
+                        outcomes[0] = exc
+                    else:
+                        await stream.send([1, b"two"])
+                        outcomes[0] = stream.extra(TLSAttribute.tls_version)
+        return outcomes[0], outcomes[1]
+
+    version, received = await exchange(KEY)
+    assert version.startswith("TLS") and received == [1, b"two"]
+    refused_client, refused_server = await exchange(OTHER_KEY)
+    assert isinstance(refused_client, AuthenticationError)
+    assert isinstance(refused_server, AuthenticationError)
+
+
+async def test_authenticate_a_pickle_streams_transport(anyio_backend: Any) -> None:
+    """The documented route for streams made by from_asyncio/from_trio: authenticate the
+    transport the PickleStream wraps, before its first send or receive."""
+    async with tcp_pair() as (client, server):
+        left, right = PickleStream(client), PickleStream(server, allow=[])
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as group:
+                group.start_soon(authenticate, right.transport_stream, KEY)
+                await authenticate(left.transport_stream, KEY)
+            await left.send([1, "two"])
+            assert await right.receive() == [1, "two"]

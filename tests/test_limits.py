@@ -1,0 +1,341 @@
+"""Resource limits for untrusted input: each limit, sync and async, and memory under a cap.
+
+Every hostile pickle here is a few bytes to a few megabytes that would make the C unpickler
+allocate far more (a memo table up to a 4-billion index, a buffer for a 1 TiB claim) or build
+far more than the bytes it received. The restricted loader must refuse each with
+`LimitExceeded` naming the limit, before the unpickler acts on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+import pickletools
+import struct
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import SocketAttribute, SocketListener, SocketStream
+
+import streampickle
+from streampickle import LimitExceeded, Limits
+
+HANG_GUARD = 20
+
+
+def framed(body: bytes) -> bytes:
+    """PROTO 4, then *body* in one frame."""
+    return b"\x80\x04\x95" + struct.pack("<Q", len(body)) + body
+
+
+def unframed(body: bytes) -> bytes:
+    return b"\x80\x04" + body
+
+
+TIB = 1 << 40
+MIB100 = 100 << 20  # over max_payload_size, under max_object_size
+#: name -> (pickle, the limit it must hit under the default limits)
+HOSTILE: dict[str, tuple[bytes, str]] = {
+    "memo-index": (unframed(b"Nr" + struct.pack("<I", 0xFFFFFFFF) + b"."), "max_memo_size"),
+    "memo-index-framed": (framed(b"Nr" + struct.pack("<I", 0xFFFFFFFF) + b"."), "max_memo_size"),
+    "memo-index-text": (b"Np99999999999\n.", "max_memo_size"),
+    "bytes-claim": (unframed(b"\x8e" + struct.pack("<Q", TIB) + b"x."), "max_object_size"),
+    "str-claim": (unframed(b"\x8d" + struct.pack("<Q", MIB100) + b"x."), "max_payload_size"),
+    "bytearray-claim": (unframed(b"\x96" + struct.pack("<Q", MIB100) + b"x."), "max_payload_size"),
+    "long-claim": (b"\x80\x02\x8b" + struct.pack("<i", MIB100) + b"x.", "max_payload_size"),
+    "frame-claim": (unframed(b"\x95" + struct.pack("<Q", TIB) + b"N."), "max_frame_size"),
+    "nested-lists": (unframed(b"](" * 120_000), "max_stack_depth"),
+    "nested-lists-framed": (framed(b"](" * 120_000 + b"."), "max_stack_depth"),
+    "marks": (b"(" * 120_000, "max_stack_depth"),
+    "tuple-items": (b"(" + b"N" * 120_000, "max_stack_depth"),
+    # [x] * N through memo GETs, in batches as a pickler writes them: the stack stays small,
+    # the opcode count does not.
+    "memo-reuse": (unframed(b"N\x94]" + (b"(" + b"h\x00" * 1000 + b"e") * 1100), "max_opcodes"),
+    "memo-reuse-framed": (framed(b"N\x94]" + (b"(" + b"h\x00" * 1000 + b"e") * 1100),
+                          "max_opcodes"),
+    "long-line": (b"S'" + b"a" * (2 << 20), "max_line_length"),
+}  # fmt: skip
+#: What aload is fed over sockets: a plain socket is read exactly (it cannot take bytes
+#: back), one receive per field outside frames, so the big unframed ones only cost time there.
+ASYNC_HOSTILE = [
+    name for name, (data, _) in HOSTILE.items() if b"\x95" in data[:3] or len(data) < 99
+]
+
+
+@pytest.mark.parametrize(
+    "name",
+    # memo-reuse vets a million opcodes one by one (5 s); the address-space test runs it too.
+    [pytest.param(name, marks=[pytest.mark.slow] * (name == "memo-reuse")) for name in HOSTILE],
+)
+def test_hostile_pickles_hit_their_limit(name: str) -> None:
+    data, limit = HOSTILE[name]
+    with pytest.raises(LimitExceeded) as refused:
+        streampickle.loads(data, allow=[])
+    assert refused.value.limit == limit
+    assert limit in str(refused.value)
+    assert refused.value.size > refused.value.maximum
+
+
+def test_limits_refuse_before_the_unpickler_acts() -> None:
+    """A frame is vetted whole first: the memo index is refused before the unpickler runs the
+    opcodes before it, which would call an allowed global."""
+    calls: list[str] = []
+
+    class Spy(streampickle.Unpickler):
+        def find_class(self, module_name: str, global_name: str, /) -> Any:
+            calls.append(global_name)
+            return super().find_class(module_name, global_name)
+
+    body = b"\x8c\x08builtins\x8c\x03set\x93)R" + b"r" + struct.pack("<I", 0xFFFFFFFF) + b"."
+    unpickler = Spy(None, allow=streampickle.ALLOW_BUILTINS)
+    with pytest.raises(LimitExceeded, match="max_memo_size"):
+        streampickle.drive_load(unpickler.iter_load(), __import__("io").BytesIO(framed(body)))
+    assert calls == []
+
+
+# --------------------------------------------------------------------------------------------
+# Each limit at its boundary, on real pickles
+
+
+def usage(data: bytes) -> dict[str, int]:
+    """The oracle: what *data* needs of each limit, from pickletools."""
+    ops: list[tuple[Any, Any, Any]] = list(pickletools.genops(data))
+    payloads = [
+        len(arg.encode() if isinstance(arg, str) else arg)
+        for op, arg, _ in ops
+        if op.name in ("BINBYTES", "SHORT_BINBYTES", "BINUNICODE", "SHORT_BINUNICODE")
+    ]
+    frames = [arg for op, arg, _ in ops if op.name == "FRAME"]
+    return {
+        "max_opcodes": len(ops),
+        "max_payload_size": max(payloads),
+        "max_frame_size": max(frames),
+        "max_object_size": len(data),
+        "max_memo_size": sum(op.name == "MEMOIZE" for op, _, _ in ops),
+    }  # fmt: skip
+
+
+SAMPLE = {"rows": [{"id": i, "name": f"row {i}" * (i % 7)} for i in range(3000)], "b": b"x" * 999}
+
+
+@pytest.mark.parametrize(
+    "limit",
+    ["max_opcodes", "max_payload_size", "max_frame_size", "max_object_size", "max_memo_size"],
+)
+def test_each_limit_holds_at_its_boundary(limit: str) -> None:
+    data = pickle.dumps(SAMPLE, 5)
+    needed = usage(data)[limit]
+    options: Any = {limit: needed}
+    assert streampickle.loads(data, allow=[], **options) == SAMPLE
+    options[limit] = needed - 1
+    with pytest.raises(LimitExceeded) as refused:
+        streampickle.loads(data, allow=[], **options)
+    assert refused.value.limit == limit
+    assert refused.value.maximum == needed - 1
+
+
+def test_stack_depth_counts_items_and_marks() -> None:
+    nested: Any = []
+    for _ in range(30):
+        nested = [nested, 1]
+    data = pickle.dumps((tuple(range(50)), nested), 4)
+    # The 50-tuple needs a mark and its 50 items (51). Then, on top of the finished tuple (1),
+    # each level of the nested lists keeps its list and a mark (60), and the innermost level
+    # pushes its empty list and the 1 that follows it (2): 63.
+    assert streampickle.loads(data, allow=[], max_stack_depth=63) == pickle.loads(data)
+    with pytest.raises(LimitExceeded, match="max_stack_depth") as refused:
+        streampickle.loads(data, allow=[], max_stack_depth=62)
+    assert refused.value.size == 63
+
+
+def test_limits_disabled_with_none() -> None:
+    data, _ = HOSTILE["marks"]
+    with pytest.raises(pickle.UnpicklingError) as failed:  # the C unpickler's own error
+        streampickle.loads(data + b".", allow=[], max_stack_depth=None)
+    assert not isinstance(failed.value, LimitExceeded)
+
+
+def test_limits_need_allow() -> None:
+    with pytest.raises(TypeError, match="allow="):
+        streampickle.loads(pickle.dumps(1), max_opcodes=10)
+    with pytest.raises(TypeError, match="allow="):
+        streampickle.Unpickler(None, max_frame_size=10)
+    assert Limits().max_opcodes == streampickle._policy.DEFAULT_MAX_OPCODES
+
+
+def test_a_stream_is_refused_for_good_after_a_limit() -> None:
+    good = pickle.dumps([1, 2], 5)
+    data, _ = HOSTILE["memo-index"]
+    unpickler = streampickle.Unpickler(__import__("io").BytesIO(data + good), allow=[])
+    for _ in range(2):
+        with pytest.raises(LimitExceeded):
+            unpickler.load()
+
+
+# --------------------------------------------------------------------------------------------
+# The async API over real sockets
+
+
+@asynccontextmanager
+async def tcp_pair() -> AsyncIterator[tuple[SocketStream, SocketStream]]:
+    """The two ends of a loopback TCP connection: (client, server)."""
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(SocketAttribute.local_port)
+        client = await anyio.connect_tcp("127.0.0.1", port)
+        inner = listener.listeners[0]
+        assert isinstance(inner, SocketListener)
+        server = await inner.accept()
+        async with client, server:
+            yield client, server
+
+
+async def while_sending(data: bytes, receive: Callable[[SocketStream], Awaitable[Any]]) -> Any:
+    """Send *data* from one end (then EOF) while *receive* reads the other; the sender is
+    cancelled once *receive* returns or raises (a refused peer is never read to the end)."""
+    result: Any = None
+    error: Exception | None = None
+    async with tcp_pair() as (client, server):
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as group:
+
+                async def send() -> None:
+                    # A refusing receiver may hang up before it read everything.
+                    with contextlib.suppress(anyio.BrokenResourceError, OSError):
+                        await client.send(data)
+                        await client.send_eof()
+
+                group.start_soon(send)
+                try:
+                    result = await receive(server)
+                except Exception as exc:  # raised below, not wrapped in an exception group
+                    error = exc
+                group.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return result
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", ASYNC_HOSTILE)
+async def test_aload_hits_the_limits(name: str, anyio_backend: Any) -> None:
+    data, limit = HOSTILE[name]
+    with pytest.raises(LimitExceeded) as refused:
+        await while_sending(data, lambda stream: streampickle.aload(stream, allow=[]))
+    assert refused.value.limit == limit
+
+
+@pytest.mark.anyio
+async def test_aload_limits_at_the_boundary_over_a_socket(anyio_backend: Any) -> None:
+    data = pickle.dumps(SAMPLE, 5)
+    needed = usage(data)["max_opcodes"]
+
+    async def load(stream: SocketStream, maximum: int) -> Any:
+        return await streampickle.aload(stream, allow=[], max_opcodes=maximum)
+
+    assert await while_sending(data, lambda stream: load(stream, needed)) == SAMPLE
+    with pytest.raises(LimitExceeded, match="max_opcodes"):
+        await while_sending(data, lambda stream: load(stream, needed - 1))
+
+
+@pytest.mark.anyio
+async def test_pickle_stream_limits(anyio_backend: Any) -> None:
+    async with tcp_pair() as (client, server):
+        sender = streampickle.PickleStream(client)
+        receiver = streampickle.PickleStream(server, allow=[], max_opcodes=50)
+        with anyio.fail_after(HANG_GUARD):
+            await sender.send(list(range(10)))
+            assert await receiver.receive() == list(range(10))
+            await sender.send(list(range(100)))
+            with pytest.raises(LimitExceeded, match="max_opcodes"):
+                await receiver.receive()
+            with pytest.raises(anyio.BrokenResourceError):  # the rest of it is still unread
+                await receiver.receive()
+
+
+@pytest.mark.anyio
+async def test_aload_restricted_limits_need_allow(anyio_backend: Any) -> None:
+    async with tcp_pair() as (_, server):
+        with pytest.raises(TypeError, match="max_opcodes"):
+            await streampickle.aload(server, max_opcodes=5)
+
+
+# --------------------------------------------------------------------------------------------
+# Memory stays proportional to the bytes received, under an address-space cap
+
+
+RLIMIT_SCRIPT = textwrap.dedent(
+    """
+    import pickle, resource, sys
+    import anyio
+    import streampickle
+    from test_limits import ASYNC_HOSTILE, HOSTILE, while_sending
+
+    def vm_size():
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmSize")
+
+    def outcome(load):
+        try:
+            load()
+        except streampickle.LimitExceeded as exc:
+            return exc.limit
+        except MemoryError:
+            return "MemoryError"
+        return "loaded"
+
+    def aload(data, backend):
+        async def main():
+            await while_sending(data, lambda stream: streampickle.aload(stream, allow=[]))
+        anyio.run(main, backend=backend)
+
+    for backend in ("asyncio", "trio"):  # import and start both before the cap
+        aload(pickle.dumps(1), backend)
+    cap = vm_size() + (int(sys.argv[1]) << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    for name, (data, limit) in HOSTILE.items():
+        print(name, outcome(lambda: streampickle.loads(data, allow=[])), flush=True)
+    for name in ASYNC_HOSTILE:
+        for backend in ("asyncio", "trio"):
+            data = HOSTILE[name][0]
+            print(f"{name}-{backend}", outcome(lambda: aload(data, backend)), flush=True)
+    print("control", outcome(lambda: pickle.loads(HOSTILE["memo-index"][0])), flush=True)
+    """
+)
+
+
+def run_capped(script: str, megabytes: int, *args: str) -> dict[str, str]:
+    """Run *script* in a subprocess whose address space is capped at its size at start plus
+    *megabytes*; return what it printed, as ``{name: outcome}``."""
+    tests = str(__import__("pathlib").Path(__file__).parent)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(megabytes), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tests,
+        env={**__import__("os").environ, "PYTHONPATH": tests},
+    )
+    assert result.returncode == 0, result.stderr
+    return dict(line.split(" ", 1) for line in result.stdout.splitlines())
+
+
+def test_memory_stays_bounded_under_an_address_space_cap() -> None:
+    """With 200 MB of address space to spare, every hostile pickle is refused with the limit it
+    hits, on the sync path and through aload on both backends; the control shows the cap bites:
+    plain pickle dies of the memo-index pickle."""
+    if sys.platform != "linux":
+        pytest.skip("RLIMIT_AS and /proc/self/status are Linux features")
+    outcomes = run_capped(RLIMIT_SCRIPT, 200)
+    expected = {name: limit for name, (_, limit) in HOSTILE.items()}
+    for backend in ("asyncio", "trio"):
+        expected |= {f"{name}-{backend}": HOSTILE[name][1] for name in ASYNC_HOSTILE}
+    assert outcomes == expected | {"control": "MemoryError"}

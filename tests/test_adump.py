@@ -183,30 +183,10 @@ async def test_trio_socket_stream(family: socket.AddressFamily, tmp_path: Path) 
     assert received == EXPECTED
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost, made with the openssl command line tool."""
-    if not (openssl := __import__("shutil").which("openssl")):
-        pytest.skip("TLS test needs the openssl command (or trustme) to make a certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            *(openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"),
-            *("-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key)),
-            *("-out", str(cert), "-addext", "subjectAltName=DNS:localhost"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-async def test_anyio_tls_stream(certificate: tuple[Path, Path], tmp_path: Path) -> None:
-    cert, key = certificate
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_context.load_cert_chain(cert, key)
-    client_context = ssl.create_default_context(cafile=str(cert))
+async def test_anyio_tls_stream(
+    tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext], tmp_path: Path
+) -> None:
+    server_context, client_context = tls_contexts
     servers: list[TLSStream] = []
 
     async def handshake(raw: SocketStream) -> None:

@@ -7,10 +7,12 @@ is unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import ssl
 import struct
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +52,16 @@ class Recording(ByteStream):
         await self.inner.aclose()
 
 
-async def handshake_both(client_key: bytes, server_key: bytes) -> list[BaseException | None]:
-    """Run `authenticate` on both ends of a TCP connection; return each side's error."""
+async def handshake_both(
+    client_key: bytes, server_key: bytes, *, roles: tuple[bool, bool] = (False, True)
+) -> list[BaseException | None]:
+    """Run `authenticate` on both ends of a TCP connection (with the given *server_side*
+    values); return each side's error."""
     outcomes: list[BaseException | None] = [None, None]
 
     async def side(index: int, stream: SocketStream, key: bytes) -> None:
         try:
-            await authenticate(stream, key)
+            await authenticate(stream, key, server_side=roles[index])
         except AuthenticationError as exc:
             outcomes[index] = exc
             await stream.aclose()  # as a caller should: the peer then sees the end
@@ -75,12 +80,12 @@ async def test_same_key_authenticates_and_objects_flow(anyio_backend: Any) -> No
 
         async def open_server() -> None:
             streams["server"] = await PickleStream.authenticated(
-                server, key=KEY, allow=ALLOW_BUILTINS
+                server, key=KEY, server_side=True, allow=ALLOW_BUILTINS
             )
 
         with anyio.fail_after(HANG_GUARD):
             group.start_soon(open_server)
-            left = await PickleStream.authenticated(client, key=KEY)
+            left = await PickleStream.authenticated(client, key=KEY, server_side=False)
         await left.send({"a": {1, 2}})
         assert await streams["server"].receive() == {"a": {1, 2}}
         await streams["server"].send(b"reply")
@@ -109,11 +114,17 @@ async def test_pickle_data_before_authenticating_is_not_unpickled(
     marker = tmp_path / "pwned"
 
     async def serve(stream: SocketStream) -> Any:
-        return await PickleStream.authenticated(stream, key=KEY)  # allow= omitted on purpose
+        # allow= omitted on purpose: nothing may be unpickled before the handshake
+        return await PickleStream.authenticated(stream, key=KEY, server_side=True)
 
     with pytest.raises(AuthenticationError, match="instead of a streampickle handshake"):
         await while_sending(marker_pickle(marker), serve)
     assert not marker.exists()
+
+
+async def serve(stream: ByteStream) -> None:
+    """The accepting end of a handshake."""
+    await authenticate(stream, KEY, server_side=True)
 
 
 async def test_replayed_handshake_is_refused(anyio_backend: Any) -> None:
@@ -123,12 +134,12 @@ async def test_replayed_handshake_is_refused(anyio_backend: Any) -> None:
         recording = Recording(server)
         with anyio.fail_after(HANG_GUARD):
             async with anyio.create_task_group() as group:
-                group.start_soon(authenticate, client, KEY)
-                await authenticate(recording, KEY)
+                group.start_soon(partial(authenticate, client, KEY, server_side=False))
+                await authenticate(recording, KEY, server_side=True)
         transcript += recording.received
     assert len(transcript) == 2 * 10 + 32 + 32  # two headers, a nonce and a proof
     with pytest.raises(AuthenticationError, match="does not match"):
-        await while_sending(bytes(transcript), lambda stream: authenticate(stream, KEY))
+        await while_sending(bytes(transcript), serve)
 
 
 async def test_reflected_handshake_is_refused(anyio_backend: Any) -> None:
@@ -141,7 +152,7 @@ async def test_reflected_handshake_is_refused(anyio_backend: Any) -> None:
 
         group.start_soon(echo)
         with anyio.fail_after(HANG_GUARD), pytest.raises(AuthenticationError, match="reflected"):
-            await authenticate(client, KEY)
+            await authenticate(client, KEY, server_side=False)
         group.cancel_scope.cancel()
 
 
@@ -163,20 +174,20 @@ def header(kind: bytes, length: int, *, magic: bytes = b"SPAUTH", version: int =
 )
 async def test_bad_handshake_messages(data: bytes, message: str, anyio_backend: Any) -> None:
     with pytest.raises(AuthenticationError, match=message):
-        await while_sending(data, lambda stream: authenticate(stream, KEY))
+        await while_sending(data, serve)
 
 
 async def test_oversized_proof_is_refused_after_a_good_hello(anyio_backend: Any) -> None:
     data = header(b"H", 32) + b"n" * 32 + header(b"P", 60000)
     with pytest.raises(AuthenticationError, match="60000 bytes exceeds"):
-        await while_sending(data, lambda stream: authenticate(stream, KEY))
+        await while_sending(data, serve)
 
 
 async def test_failed_authentication_closes_the_transport(anyio_backend: Any) -> None:
     async with tcp_pair() as (client, server):
         await client.send(pickle.dumps("no handshake"))
         with pytest.raises(AuthenticationError):
-            await PickleStream.authenticated(server, key=KEY)
+            await PickleStream.authenticated(server, key=KEY, server_side=True)
         with anyio.fail_after(HANG_GUARD):
             hello = await client.receive()  # the server's HELLO went out before it read ours
             assert hello.startswith(b"SPAUTH")
@@ -187,9 +198,9 @@ async def test_failed_authentication_closes_the_transport(anyio_backend: Any) ->
 async def test_keys_must_be_bytes(anyio_backend: Any) -> None:
     async with tcp_pair() as (client, _):
         with pytest.raises(TypeError, match="bytes"):
-            await authenticate(client, "secret")  # type: ignore[arg-type]
+            await authenticate(client, "secret", server_side=False)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="empty"):
-            await authenticate(client, b"")
+            await authenticate(client, b"", server_side=False)
 
 
 async def test_authenticated_stream_over_tls(
@@ -206,7 +217,9 @@ async def test_authenticated_stream_over_tls(
         async def serve(raw: SocketStream) -> None:
             tls = await TLSStream.wrap(raw, server_side=True, ssl_context=server_context)
             try:
-                stream = await PickleStream.authenticated(tls, key=server_key, allow=[])
+                stream = await PickleStream.authenticated(
+                    tls, key=server_key, server_side=True, allow=[]
+                )
                 outcomes[1] = await stream.receive()
             except AuthenticationError as exc:
                 outcomes[1] = exc
@@ -219,7 +232,7 @@ async def test_authenticated_stream_over_tls(
                         client_raw, hostname="localhost", ssl_context=client_context
                     )
                     try:
-                        stream = await PickleStream.authenticated(tls, key=KEY)
+                        stream = await PickleStream.authenticated(tls, key=KEY, server_side=False)
                     except AuthenticationError as exc:
                         outcomes[0] = exc
                     else:
@@ -241,7 +254,62 @@ async def test_authenticate_a_pickle_streams_transport(anyio_backend: Any) -> No
         left, right = PickleStream(client), PickleStream(server, allow=[])
         with anyio.fail_after(HANG_GUARD):
             async with anyio.create_task_group() as group:
-                group.start_soon(authenticate, right.transport_stream, KEY)
-                await authenticate(left.transport_stream, KEY)
+                group.start_soon(
+                    partial(authenticate, right.transport_stream, KEY, server_side=True)
+                )
+                await authenticate(left.transport_stream, KEY, server_side=False)
             await left.send([1, "two"])
             assert await right.receive() == [1, "two"]
+
+
+async def test_both_ends_claiming_the_same_role_fail(anyio_backend: Any) -> None:
+    errors = await handshake_both(KEY, KEY, roles=(True, True))
+    assert all(isinstance(error, AuthenticationError) for error in errors)
+    assert any("also passed server_side=True" in str(error) for error in errors)
+
+
+class Relay:
+    """An attacker without the key between a server's two connections: it plays the client
+    on both, handing each connection what the server said on the other."""
+
+    def __init__(self, first: SocketStream, second: SocketStream) -> None:
+        self.first, self.second = first, second
+
+    async def read_message(self, stream: SocketStream) -> bytes:
+        data = b""
+        while len(data) < 10 + 32:
+            data += await stream.receive(10 + 32 - len(data))
+        return data
+
+    async def attack(self) -> None:
+        challenge = await self.read_message(self.first)  # the server's HELLO, nonce n1
+        await self.second.send(challenge)  # offer n1 as our nonce on the second connection
+        hello_2 = await self.read_message(self.second)  # HELLO n2
+        proof_2 = await self.read_message(self.second)  # the server's proof for (n1, n2)
+        await self.first.send(hello_2)  # n2 as our nonce on the first connection
+        await self.read_message(self.first)  # the server's proof there
+        await self.first.send(proof_2)  # the server's own proof for (n1, n2), replayed
+
+
+async def test_proof_relayed_from_a_second_connection_is_refused(anyio_backend: Any) -> None:
+    """Without the role in the proof, a symmetric handshake passes this relay."""
+    outcomes: list[BaseException | None] = []
+
+    async def server_side(stream: SocketStream) -> None:
+        try:
+            await authenticate(stream, KEY, server_side=True)
+            outcomes.append(None)
+        except AuthenticationError as exc:
+            outcomes.append(exc)
+
+    async with tcp_pair() as (attacker_1, server_1), tcp_pair() as (attacker_2, server_2):
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as group:
+                group.start_soon(server_side, server_1)
+                group.start_soon(server_side, server_2)
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    await Relay(attacker_1, attacker_2).attack()
+                await attacker_2.aclose()  # the second handshake never completes
+    assert len(outcomes) == 2
+    assert all(isinstance(outcome, AuthenticationError) for outcome in outcomes)
+    assert any("does not match" in str(outcome) for outcome in outcomes)

@@ -1,16 +1,18 @@
 """Shared-key authentication of a byte stream's peer, before anything is unpickled.
 
 An HMAC-SHA256 challenge/response in both directions, in the spirit of
-``multiprocessing.connection``'s ``deliver_challenge``/``answer_challenge``, but symmetric, so
-both ends call the same `authenticate`:
+``multiprocessing.connection``'s ``deliver_challenge``/``answer_challenge``; both ends call
+`authenticate`, one with ``server_side=True`` and the other with ``server_side=False``:
 
 1. each side sends HELLO with a fresh 32-byte nonce (``secrets``);
-2. each side sends PROOF = HMAC(key, label + the peer's nonce + its own nonce);
-3. each side checks the peer's PROOF with ``hmac.compare_digest``.
+2. each side sends PROOF = HMAC(key, label + its role + the peer's nonce + its own nonce);
+3. each side checks the peer's PROOF, made with the other role, with ``hmac.compare_digest``.
 
-A proof answers one challenge: a recorded handshake replayed later meets a new nonce, and a
-proof sent back to its author does not match, because the nonces are bound in order (a peer
-that echoes our own nonce is refused outright, else its proof would be ours). Every message is
+A proof answers one challenge: a recorded handshake replayed later meets a new nonce. The role
+in the proof stops reflection across connections: without it, an attacker could hand a
+server's own challenge to that server on a second connection and pass the proof the server
+made there back on the first, since both ends hold the same key. A peer that echoes our own
+nonce on the same connection is refused outright. Every message is
 ``MAGIC (6) | version (1) | kind (1) | length (2, big-endian) | body``; lengths above
 `MAX_MESSAGE` are refused before the body is read. The handshake protects nothing after it:
 see docs/security.md (use TLS for integrity and confidentiality).
@@ -40,26 +42,29 @@ PROOF_SIZE = hashlib.sha256().digest_size
 MAX_MESSAGE = 64
 _HEADER = struct.Struct(">6sBcH")
 _LABEL = b"streampickle-auth-v1 proof"
+_SERVER, _CLIENT = b"S", b"C"  # the prover's role, bound into its proof
 _NAMES = {HELLO: "HELLO", PROOF: "PROOF"}
 
 
-async def authenticate(stream: AnyByteStream, key: bytes) -> None:
+async def authenticate(stream: AnyByteStream, key: bytes, *, server_side: bool) -> None:
     """Prove to the peer of *stream* that we hold *key*, and make it prove the same to us.
 
     Both ends call this on a fresh byte stream (anyio ``SocketStream``, ``TLSStream``, ...)
-    before sending or receiving anything else; it returns once the peer has proven it knows
-    *key*. It exchanges four small messages and reads exactly those bytes, so what the peer
-    sends afterwards stays in the stream. Use a random key of 32 bytes
-    (``secrets.token_bytes(32)``): a peer without the key receives a proof, which lets it test
-    guesses of a weak key offline. Bound the handshake's time yourself
+    before sending or receiving anything else, the accepting end with ``server_side=True``
+    and the connecting end with ``server_side=False`` (as in ``TLSStream.wrap``); it returns
+    once the peer has proven it knows *key*. It exchanges four small messages and reads
+    exactly those bytes, so what the peer sends afterwards stays in the stream. Use a random
+    key of 32 bytes (``secrets.token_bytes(32)``): a peer without the key receives a proof,
+    which lets it test guesses of a weak key offline. Bound the handshake's time yourself
     (``with anyio.fail_after(10):``), or a silent peer holds the connection.
 
     Raises `AuthenticationError` if the peer's proof is wrong (another key, a replayed or
-    reflected handshake), if it sends anything but the next handshake message of our version
-    (pickle data before authenticating, an oversized or malformed message), or if the stream
-    ends during the handshake; the caller should then close the stream. ``TypeError`` or
-    ``ValueError`` for a key that is not non-empty bytes, ``TypeError`` for a stream that is not
-    an anyio ``ByteStream``. The stream's own errors propagate.
+    reflected handshake, both ends claiming the same role), if it sends anything but the
+    next handshake message of our version (pickle data before authenticating, an oversized or
+    malformed message), or if the stream ends during the handshake; the caller should then
+    close the stream. ``TypeError`` or ``ValueError`` for a key that is not non-empty bytes,
+    ``TypeError`` for a stream that is not an anyio ``ByteStream``. The stream's own errors
+    propagate.
     """
     key = _check_key(key)
     if not isinstance(stream, ByteStream):  # an object stream may return more than asked
@@ -69,12 +74,13 @@ async def authenticate(stream: AnyByteStream, key: bytes) -> None:
     peer_nonce = await _receive(stream, HELLO, NONCE_SIZE)
     if hmac.compare_digest(peer_nonce, nonce):
         raise AuthenticationError("the peer sent our own challenge back (a reflected handshake)")
-    await _send(stream, PROOF, _proof(key, verifier=peer_nonce, prover=nonce))
+    ours, theirs = (_SERVER, _CLIENT) if server_side else (_CLIENT, _SERVER)
+    await _send(stream, PROOF, _proof(key, ours, verifier=peer_nonce, prover=nonce))
     proof = await _receive(stream, PROOF, PROOF_SIZE)
-    if not hmac.compare_digest(proof, _proof(key, verifier=nonce, prover=peer_nonce)):
+    if not hmac.compare_digest(proof, _proof(key, theirs, verifier=nonce, prover=peer_nonce)):
         raise AuthenticationError(
             "the peer's proof does not match our challenge: it does not hold the same key "
-            "(or replayed an old handshake)"
+            f"(or replayed an old handshake, or also passed server_side={server_side})"
         )
 
 
@@ -86,9 +92,9 @@ def _check_key(key: object) -> bytes:
     return bytes(key)
 
 
-def _proof(key: bytes, *, verifier: bytes, prover: bytes) -> bytes:
-    """What *prover* sends to answer *verifier*'s challenge (the nonces in this order)."""
-    return hmac.new(key, _LABEL + verifier + prover, hashlib.sha256).digest()
+def _proof(key: bytes, role: bytes, *, verifier: bytes, prover: bytes) -> bytes:
+    """What *prover*, in *role*, sends to answer *verifier*'s challenge."""
+    return hmac.new(key, _LABEL + role + verifier + prover, hashlib.sha256).digest()
 
 
 async def _send(stream: ByteStream, kind: bytes, body: bytes) -> None:

@@ -125,19 +125,20 @@ class PickleStream(ObjectStream[Any]):
 
     @classmethod
     async def authenticated(
-        cls, transport_stream: ByteStream, *, key: bytes, **options: Any
+        cls, transport_stream: ByteStream, *, key: bytes, server_side: bool, **options: Any
     ) -> PickleStream:
         """A `PickleStream` over *transport_stream* once its peer proved it holds *key*.
 
-        Runs `streampickle.authenticate` (the peer must do the same) before anything is sent
+        Runs `streampickle.authenticate` (the peer must do the same, with the other
+        *server_side*: True on the accepting end) before anything is sent
         or unpickled; *options* are those of the constructor (pass *allow* too: a peer that
         knows the key is not thereby harmless). On any error, `AuthenticationError` included,
         the transport is closed. For asyncio or trio streams, make the stream with
-        `from_asyncio`/`from_trio` and ``await authenticate(stream.transport_stream, key)``
-        before using it.
+        `from_asyncio`/`from_trio` and ``await authenticate(stream.transport_stream, key,
+        server_side=...)`` before using it.
         """
         try:
-            await authenticate(transport_stream, key)
+            await authenticate(transport_stream, key, server_side=server_side)
         except BaseException:
             await anyio.aclose_forcefully(transport_stream)
             raise

@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import streampickle
-from streampickle import ALLOW_BUILTINS, Allowlist
-from test_limits import HANG_GUARD, while_sending
+from streampickle import ALLOW_BUILTINS, ALLOW_COLLECTIONS, Allowlist
+from test_limits import HANG_GUARD, call, long, range_of, stack_global, while_sending
 from test_policy import BUILTIN_DATA
 
-POLICY = ALLOW_BUILTINS | Allowlist([("collections", "OrderedDict")])
+POLICY = ALLOW_BUILTINS | ALLOW_COLLECTIONS | Allowlist([("collections", "Counter")])
 #: Small limits: what bounds each example's time and memory.
 LIMITS: dict[str, Any] = {
     "max_frame_size": 1 << 16,
@@ -33,6 +33,7 @@ LIMITS: dict[str, Any] = {
     "max_memo_size": 1 << 10,
     "max_opcodes": 5_000,
     "max_stack_depth": 500,
+    "max_expansion": 1 << 12,
 }
 DOCUMENTED = (pickle.UnpicklingError, EOFError)
 #: Within LIMITS the unpickler holds at most ~5,000 objects of a few hundred bytes, the input
@@ -61,7 +62,34 @@ def mutated_pickles(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-PICKLES = mutated_pickles() | st.binary(max_size=300).map(lambda raw: b"\x80\x04" + raw)
+#: What the generated calls call: every callable of POLICY that takes a size or an iterable.
+CALLABLES = [("builtins", name) for name in ("bytes", "bytearray", "set", "frozenset", "range")]
+CALLABLES += [("collections", name) for name in ("deque", "OrderedDict", "Counter")]
+
+
+@st.composite
+def call_pickles(draw: st.DrawFn) -> bytes:
+    """A list of calls of allowed callables, each given an int, a range, a payload or what
+    an earlier call built (through the memo), of any size up to 2**40."""
+    body = bytearray(b"\x80\x04(")
+    for made in range(draw(st.integers(1, 8))):
+        size = draw(st.integers(0, 300) | st.integers(0, 1 << 40))
+        kind = draw(st.sampled_from(["int", "range", "payload", "earlier"]))
+        if kind == "earlier" and made:
+            argument = b"h" + bytes([draw(st.integers(0, made - 1))])  # BINGET
+        elif kind == "range":
+            argument = range_of(size)
+        elif kind == "payload":
+            argument = b"B" + (size % 5000).to_bytes(4, "little") + b"x" * (size % 5000)
+        else:
+            argument = long(size)
+        body += call(stack_global(*draw(st.sampled_from(CALLABLES))), argument) + b"\x94"
+    return bytes(body + b"l.")
+
+
+PICKLES = (
+    mutated_pickles() | st.binary(max_size=300).map(lambda raw: b"\x80\x04" + raw) | call_pickles()
+)
 
 
 def restricted_load(data: bytes) -> None:

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,7 +25,14 @@ import pytest
 from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
 import streampickle
-from streampickle import LimitExceeded, Limits
+from streampickle import (
+    ALLOW_BUILTINS,
+    ALLOW_COLLECTIONS,
+    ALLOW_DECIMAL,
+    LimitExceeded,
+    Limits,
+    PolicyViolation,
+)
 
 HANG_GUARD = 20
 
@@ -36,6 +44,38 @@ def framed(body: bytes) -> bytes:
 
 def unframed(body: bytes) -> bytes:
     return b"\x80\x04" + body
+
+
+def stack_global(module: str, qualname: str) -> bytes:
+    """STACK_GLOBAL of two SHORT_BINUNICODE pushes."""
+    return b"".join(b"\x8c" + bytes([len(part)]) + part.encode() for part in (module, qualname)) + (
+        b"\x93"
+    )
+
+
+def long(n: int) -> bytes:
+    """LONG1 n: any int in a few bytes."""
+    raw = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(raw)]) + raw
+
+
+def call(func: bytes, *args: bytes) -> bytes:
+    """``func(*args)``: MARK args TUPLE REDUCE."""
+    return func + b"(" + b"".join(args) + b"tR"
+
+
+def range_of(n: int) -> bytes:
+    return call(stack_global("builtins", "range"), long(n))
+
+
+#: What the amplifiers may use, and the lists these tests load hostile pickles under.
+POLICY = (
+    ALLOW_BUILTINS
+    | ALLOW_COLLECTIONS
+    | ALLOW_DECIMAL
+    | [("builtins", qualname) for qualname in ("list", "tuple", "dict", "dict.fromkeys")]
+    | [("collections", "Counter"), ("copyreg", "_reconstructor")]
+)
 
 
 TIB = 1 << 40
@@ -60,6 +100,11 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
     "memo-reuse-framed": (framed(b"N\x94]" + (b"(" + b"h\x00" * 1000 + b"e") * 1100),
                           "max_opcodes"),
     "long-line": (b"S'" + b"a" * (2 << 20), "max_line_length"),
+    # Allowed callables asked to build terabytes, in a few bytes.
+    "bytes-of-size": (unframed(call(stack_global("builtins", "bytes"), long(TIB)) + b"."),
+                      "max_expansion"),
+    "set-of-range": (framed(call(stack_global("builtins", "set"), range_of(TIB)) + b"."),
+                     "max_expansion"),
 }  # fmt: skip
 #: What aload is fed over sockets: a plain socket is read exactly (it cannot take bytes
 #: back), one receive per field outside frames, so the big unframed ones only cost time there.
@@ -76,7 +121,7 @@ ASYNC_HOSTILE = [
 def test_hostile_pickles_hit_their_limit(name: str) -> None:
     data, limit = HOSTILE[name]
     with pytest.raises(LimitExceeded) as refused:
-        streampickle.loads(data, allow=[])
+        streampickle.loads(data, allow=POLICY)
     assert refused.value.limit == limit
     assert limit in str(refused.value)
     assert refused.value.size > refused.value.maximum
@@ -179,6 +224,186 @@ def test_a_stream_is_refused_for_good_after_a_limit() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Allowed callables build no more than the pickle sent (twice over), plus max_expansion
+
+
+def get(index: int) -> bytes:
+    return b"h" + bytes([index])  # BINGET
+
+
+def copies(make: bytes, copy: bytes, size: int, total: int) -> bytes:
+    """*make* (an object of *size* items or bytes, memo 0) copied by *copy* (memo 1) through
+    the memo until *total* was copied: a list of the copies."""
+    return make + b"\x94" + copy + b"\x94(" + call(get(1), get(0)) * (total // size) + b"l"
+
+
+def big_bytes(size: int) -> bytes:
+    return b"\x8e" + struct.pack("<Q", size) + b"x" * size  # BINBYTES8
+
+
+def big_text(size: int) -> bytes:
+    return b"\x8d" + struct.pack("<Q", size) + b"7" * size  # BINUNICODE8
+
+
+def builtin(qualname: str) -> bytes:
+    return stack_global("builtins", qualname)
+
+
+#: name -> the body of a pickle whose calls build about n items or bytes.
+AMPLIFIERS: dict[str, Callable[[int], bytes]] = {
+    "bytes(n)": lambda n: call(builtin("bytes"), long(n)),
+    "bytearray(n)": lambda n: call(builtin("bytearray"), long(n)),
+    "set(range(n))": lambda n: call(builtin("set"), range_of(n)),
+    "frozenset(range(n))": lambda n: call(builtin("frozenset"), range_of(n)),
+    "list(range(n))": lambda n: call(builtin("list"), range_of(n)),
+    "tuple(range(n))": lambda n: call(builtin("tuple"), range_of(n)),
+    "dict.fromkeys(range(n))": lambda n: call(builtin("dict.fromkeys"), range_of(n)),
+    "bytes(range(n))": lambda n: call(builtin("bytes"), range_of(n)),  # allocates, then fails
+    "deque(range(n))": lambda n: call(stack_global("collections", "deque"), range_of(n)),
+    "Counter(range(n))": lambda n: call(stack_global("collections", "Counter"), range_of(n)),
+    "OrderedDict(dict.fromkeys(range(n)))": lambda n: call(
+        stack_global("collections", "OrderedDict"), call(builtin("dict.fromkeys"), range_of(n))
+    ),
+    "_reconstructor(set, set, range(n))": lambda n: call(
+        stack_global("copyreg", "_reconstructor"), builtin("set"), builtin("set"), range_of(n)
+    ),
+    "NEWOBJ frozenset(range(n))": lambda n: builtin("frozenset") + range_of(n) + b"\x85\x81",
+    "INST bytes(n)": lambda n: b"(" + b"I%d\n" % n + b"ibuiltins\nbytes\n",
+    "OBJ bytearray(n)": lambda n: b"(cbuiltins\nbytearray\n" + long(n) + b"o",
+    "bytearray copies of one payload": lambda n: copies(big_bytes(4096), builtin("bytearray"),
+                                                        4096, n),
+    "Decimal copies of one string": lambda n: copies(big_text(4096),
+                                                     stack_global("decimal", "Decimal"), 4096, n),
+    "frozenset copies of a set": lambda n: copies(call(builtin("set"), range_of(1000)),
+                                                  builtin("frozenset"), 1000, n),
+    "_codecs.encode copies": lambda n: copies(
+        call(stack_global("_codecs", "encode"), big_text(100), b"\x8c\x08utf_16be"),
+        builtin("bytearray"), 200, n),
+}  # fmt: skip
+
+
+def peak_memory(load: Callable[[], Any]) -> int:
+    """tracemalloc's peak while *load* runs (what it raises is ignored)."""
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(Exception):
+            load()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("name", AMPLIFIERS)
+def test_allowed_calls_are_bounded_by_what_was_received(name: str) -> None:
+    """Each amplifier makes plain pickle allocate what it claims (n = 200,000), and is
+    refused at n = 10**8 before anything is built: tracemalloc's peak stays at a few MB."""
+    control = unframed(AMPLIFIERS[name](200_000) + b".")
+    assert peak_memory(lambda: pickle.loads(control)) > max(50_000, 20 * len(control))
+    data = unframed(AMPLIFIERS[name](10**8) + b".")
+    with pytest.raises(LimitExceeded) as refused:
+        streampickle.loads(data, allow=POLICY)
+    peak = peak_memory(lambda: streampickle.loads(data, allow=POLICY))
+    assert refused.value.limit == "max_expansion"
+    assert "max_expansion (65536)" in str(refused.value)
+    assert refused.value.size > refused.value.maximum == streampickle._policy.DEFAULT_MAX_EXPANSION
+    assert peak < (2 << 20) + 3 * len(data)
+
+
+def bytes_call(size: int) -> bytes:
+    return unframed(call(builtin("bytes"), struct.pack("<cI", b"J", size)) + b".")  # BININT
+
+
+def test_expansion_holds_at_its_boundary() -> None:
+    """``bytes(n)`` may build twice the bytes received before its REDUCE, plus max_expansion."""
+    received = len(bytes_call(0)) - 1  # all but STOP
+    size = 1000 + 2 * received
+    assert streampickle.loads(bytes_call(size), allow=POLICY, max_expansion=1000) == bytes(size)
+    with pytest.raises(LimitExceeded) as refused:
+        streampickle.loads(bytes_call(size + 1), allow=POLICY, max_expansion=1000)
+    assert (refused.value.size, refused.value.maximum) == (1001, 1000)
+    assert "builtins.bytes at position" in str(refused.value)
+    assert streampickle.loads(bytes_call(10**6), allow=POLICY, max_expansion=None) == bytes(10**6)
+    assert Limits().max_expansion == 1 << 16
+
+
+def test_expansion_is_counted_across_the_calls_of_a_pickle() -> None:
+    """Two bytes(30000) fit in max_expansion, three do not: what calls build adds up."""
+    two = unframed(b"(" + call(builtin("bytes"), long(30_000)) * 2 + b"l.")
+    assert streampickle.loads(two, allow=POLICY) == [bytes(30_000)] * 2
+    with pytest.raises(LimitExceeded, match="max_expansion"):
+        streampickle.loads(unframed(b"(" + call(builtin("bytes"), long(30_000)) * 3 + b"l."),
+                           allow=POLICY)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (call(builtin("set"), range_of(10**30)), "a range whose bounds are not literal ints"),
+        (call(builtin("bytes"), long(10**30)), "does not model"),
+        (call(builtin("set"), builtin("bytes")), "a global"),
+        (call(builtin("list"), call(builtin("complex"), long(1))), "does not model"),
+        # bytes.__new__(bytes, source=n), through NEWOBJ_EX's keyword arguments
+        (builtin("bytes") + b")}\x8c\x06source" + long(5) + b"s\x92", "keyword arguments"),
+    ],
+    ids=["huge-range", "huge-int", "global", "unmodelled-result", "keywords"],
+)
+def test_calls_the_model_cannot_size_are_refused(body: bytes, message: str) -> None:
+    """A modelled callable given what the model cannot size is refused: it could be anything."""
+    with pytest.raises(PolicyViolation, match=message):
+        streampickle.loads(unframed(body + b"."), allow=POLICY | [("builtins", "complex")])
+
+
+def test_the_memo_model_outlives_a_pickle() -> None:
+    """The unpickler's memo lives across load() calls: a second pickle can call a callable
+    and use an int that the first one memoized. The model follows it."""
+    first = unframed(builtin("bytes") + b"\x940" + long(10**9) + b"\x94.")
+    second = unframed(call(get(0), get(1)) + b".")
+    small = first.replace(long(10**9), long(7))
+    control = pickle.Unpickler(__import__("io").BytesIO(small + second))
+    assert (control.load(), control.load()) == (7, bytes(7))
+    unpickler = streampickle.Unpickler(__import__("io").BytesIO(first + second), allow=POLICY)
+    assert unpickler.load() == 10**9
+    with pytest.raises(LimitExceeded, match="max_expansion"):
+        unpickler.load()
+
+
+#: Big legitimate objects of the types the amplifiers use: whatever the protocol, what their
+#: calls build is at most twice what they take on the wire (protocols 0-2 pickle a bytearray as
+#: bytearray(_codecs.encode(text, "latin1"))), so they load even with max_expansion=0.
+LEGITIMATE: list[Any] = [
+    bytearray(b"x" * 5000),
+    bytearray(range(256)) * 20,
+    [bytearray(b"a") for _ in range(500)],  # share the one-character str "a" through the memo
+    bytes(range(256)) * 20,
+    set(range(3000)),
+    frozenset(range(-1500, 1500)),
+    [range(-(10**30), 10**30, 7), range(5), range(0)] * 50,
+    __import__("collections").deque(range(3000)),
+    __import__("collections").deque("ab" * 1000, maxlen=1500),
+    __import__("collections").Counter(range(2000)),
+    __import__("collections").OrderedDict.fromkeys(range(2000)),
+    __import__("collections").defaultdict(list, {i: [i] for i in range(2000)}),
+    __import__("decimal").Decimal("9" * 5000),
+    [__import__("decimal").Decimal(i % 10) for i in range(2000)],  # "1"... through the memo
+]
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+@pytest.mark.parametrize("index", range(len(LEGITIMATE)))
+def test_legitimate_calls_need_no_expansion(protocol: int, index: int) -> None:
+    data = pickle.dumps(LEGITIMATE[index], protocol)
+    loaded = streampickle.loads(data, allow=POLICY, max_expansion=0)
+    assert loaded == pickle.loads(data)
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_big_legitimate_objects_load_within_the_default_limits(protocol: int) -> None:
+    obj = [bytearray(b"x" * 300_000), set(range(100_000)), bytes(200_000)]
+    data = pickle.dumps(obj, protocol)
+    assert streampickle.loads(data, allow=POLICY) == obj
+
+
+# --------------------------------------------------------------------------------------------
 # The async API over real sockets
 
 
@@ -226,7 +451,7 @@ async def while_sending(data: bytes, receive: Callable[[SocketStream], Awaitable
 async def test_aload_hits_the_limits(name: str, anyio_backend: Any) -> None:
     data, limit = HOSTILE[name]
     with pytest.raises(LimitExceeded) as refused:
-        await while_sending(data, lambda stream: streampickle.aload(stream, allow=[]))
+        await while_sending(data, lambda stream: streampickle.aload(stream, allow=POLICY))
     assert refused.value.limit == limit
 
 
@@ -274,7 +499,7 @@ RLIMIT_SCRIPT = textwrap.dedent(
     import pickle, resource, sys
     import anyio
     import streampickle
-    from test_limits import ASYNC_HOSTILE, HOSTILE, while_sending
+    from test_limits import ASYNC_HOSTILE, HOSTILE, POLICY, while_sending
 
     def vm_size():
         with open("/proc/self/status") as status:
@@ -294,7 +519,7 @@ RLIMIT_SCRIPT = textwrap.dedent(
 
     def aload(data, backend):
         async def main():
-            await while_sending(data, lambda stream: streampickle.aload(stream, allow=[]))
+            await while_sending(data, lambda stream: streampickle.aload(stream, allow=POLICY))
         anyio.run(main, backend=backend)
 
     for backend in ("asyncio", "trio"):  # import and start both before the cap
@@ -302,12 +527,13 @@ RLIMIT_SCRIPT = textwrap.dedent(
     cap = vm_size() + (int(sys.argv[1]) << 20)
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     for name, (data, limit) in HOSTILE.items():
-        print(name, outcome(lambda: streampickle.loads(data, allow=[])), flush=True)
+        print(name, outcome(lambda: streampickle.loads(data, allow=POLICY)), flush=True)
     for name in ASYNC_HOSTILE:
         for backend in ("asyncio", "trio"):
             data = HOSTILE[name][0]
             print(f"{name}-{backend}", outcome(lambda: aload(data, backend)), flush=True)
     print("control", outcome(lambda: pickle.loads(HOSTILE["memo-index"][0])), flush=True)
+    print("control-call", outcome(lambda: pickle.loads(HOSTILE["bytes-of-size"][0])), flush=True)
     """
 )
 
@@ -331,11 +557,11 @@ def run_capped(script: str, megabytes: int, *args: str) -> dict[str, str]:
 def test_memory_stays_bounded_under_an_address_space_cap() -> None:
     """With 200 MB of address space to spare, every hostile pickle is refused with the limit it
     hits, on the sync path and through aload on both backends; the control shows the cap bites:
-    plain pickle dies of the memo-index pickle."""
+    plain pickle dies of the memo-index pickle and of bytes(1 TiB)."""
     if sys.platform != "linux":
         pytest.skip("RLIMIT_AS and /proc/self/status are Linux features")
     outcomes = run_capped(RLIMIT_SCRIPT, 200)
     expected = {name: limit for name, (_, limit) in HOSTILE.items()}
     for backend in ("asyncio", "trio"):
         expected |= {f"{name}-{backend}": HOSTILE[name][1] for name in ASYNC_HOSTILE}
-    assert outcomes == expected | {"control": "MemoryError"}
+    assert outcomes == expected | {"control": "MemoryError", "control-call": "MemoryError"}

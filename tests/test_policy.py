@@ -19,6 +19,7 @@ import socket
 import struct
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from streampickle import (
     Read,
     ReadInto,
     ReadLine,
+    _policy,
     required_globals,
 )
 
@@ -223,6 +225,7 @@ BUILTIN_DATA = st.recursive(
         | st.sets(st.integers() | st.binary())
         | st.builds(slice, children, children, children)
         | st.builds(range, st.integers(-50, 50), st.integers(-50, 50), st.integers(1, 5))
+        | st.builds(range, st.integers(), st.integers(), st.integers(1) | st.integers(max_value=-1))
     ),
     max_leaves=20,
 )
@@ -231,9 +234,84 @@ BUILTIN_DATA = st.recursive(
 @settings(max_examples=150, deadline=None)
 @given(obj=BUILTIN_DATA, protocol=st.sampled_from(PROTOCOLS))
 def test_builtin_data_round_trips_under_the_builtin_preset(obj: Any, protocol: int) -> None:
+    """Also with max_expansion=0: the calls pickle writes copy no more than twice what they
+    take on the wire."""
     data = pickle.dumps(obj, protocol)
-    assert streampickle.loads(data, allow=ALLOW_BUILTINS) == pickle.loads(data)
+    assert streampickle.loads(data, allow=ALLOW_BUILTINS, max_expansion=0) == pickle.loads(data)
     assert set(required_globals(data)) <= ALLOW_BUILTINS.pairs
+
+
+#: The types whose constructors copy what they are given, as pickle writes them.
+CONTAINER_DATA: st.SearchStrategy[Any] = st.recursive(
+    st.integers() | st.text(max_size=300) | st.binary(max_size=300),
+    lambda children: (
+        st.lists(children)
+        | st.builds(bytearray, st.binary(max_size=2000))
+        | st.builds(collections.deque, st.lists(children), st.none() | st.integers(0, 5))
+        | st.builds(collections.Counter, st.lists(st.integers(-3, 3) | st.text(max_size=2)))
+        | st.builds(collections.OrderedDict, st.lists(st.tuples(st.text(max_size=3), children)))
+        | st.builds(
+            lambda items: collections.defaultdict(list, items),
+            st.dictionaries(st.integers(), st.lists(children)),
+        )
+        | st.sets(st.integers() | st.binary(max_size=3))
+        | st.frozensets(st.integers() | st.text(max_size=3))
+        | st.builds(decimal.Decimal, st.decimals(allow_nan=False) | st.integers())
+        | st.builds(range, st.integers(), st.integers(), st.integers(1, 10**20))
+    ),
+    max_leaves=25,
+)
+CONTAINER_ALLOW = EVERYTHING | [("builtins", "list"), ("collections", "Counter")]
+
+
+@settings(max_examples=150, deadline=None)
+@given(obj=CONTAINER_DATA, protocol=st.sampled_from(PROTOCOLS))
+def test_container_data_round_trips_with_no_expansion(obj: Any, protocol: int) -> None:
+    data = pickle.dumps(obj, protocol)
+    loaded = streampickle.loads(data, allow=CONTAINER_ALLOW, max_expansion=0)
+    assert loaded == pickle.loads(data)
+
+
+def test_every_opcode_has_a_model() -> None:
+    """The vetting pass models each opcode of this Python's pickletools; the fallback for an
+    opcode added later has the stack effect pickletools documents."""
+    names = {opcode.name for opcode in pickletools.opcodes}
+    assert set(_policy._MODEL) == names
+    for name in ("APPENDS", "TUPLE2", "STOP", "BUILD", "POP_MARK", "REDUCE"):
+        rules = _policy._Rules(_policy.Limits())
+        rules.stack = ["a", "b", "c"]
+        rules.marks, rules.fence = [1], 1
+        try:
+            _policy._unknown_opcode(rules, name, None, 0, 1)
+        except pickle.UnpicklingError:
+            pytest.fail(f"the fallback underflows on {name}")
+        expected = _policy._Rules(_policy.Limits())
+        expected.stack, expected.marks, expected.fence = ["a", "b", "c"], [1], 1
+        _policy._MODEL[name](expected, name, None, 0, 1)
+        assert (len(rules.stack), len(rules.marks)) == (len(expected.stack), len(expected.marks))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"S'\\('\n.", b"S'\\400'\n.", b"S'\\x4'\n.", b"S'a\\'\n.", b"S'\\N{DASH}'\n."],
+    ids=["unknown", "octal-over-255", "short-hex", "trailing", "named"],
+)
+def test_strings_with_escapes_that_warn_are_refused(data: bytes) -> None:
+    """CPython decodes a STRING's unknown escapes with a DeprecationWarning (or fails): the
+    vetting pass refuses them first, so no warning escapes (it would be an exception under
+    ``-W error``), whatever the warning filters."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(pickle.UnpicklingError, match="escape"):
+            required_globals(data)
+        with pytest.raises(pickle.UnpicklingError, match="escape"):
+            streampickle.loads(data, allow=ALLOW_BUILTINS)
+
+
+def test_strings_with_valid_escapes_load_as_pickle_loads_them() -> None:
+    data = b"(S'a\\x41\\101\\n\\\\\\''\nS\"q\"\nS''\nl."
+    assert streampickle.loads(data, allow=[]) == pickle.loads(data) == ["aAA\n\\'", "q", ""]
+    assert required_globals(data) == []
 
 
 # --------------------------------------------------------------------------------------------

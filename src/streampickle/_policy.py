@@ -17,13 +17,15 @@ import copyreg
 import io
 import pickle
 import pickletools
+import re
 import sys
 import types
+from _codecs import escape_decode
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, TypedDict
+from typing import Any, NoReturn, Protocol, TypedDict
 
 from ._exceptions import LimitExceeded
 
@@ -32,6 +34,7 @@ __all__ = [
     "ALLOW_COLLECTIONS",
     "ALLOW_DATETIME",
     "ALLOW_DECIMAL",
+    "DEFAULT_MAX_EXPANSION",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_LINE_LENGTH",
     "DEFAULT_MAX_MEMO_SIZE",
@@ -291,6 +294,11 @@ DEFAULT_MAX_OPCODES = 1 << 20
 #: Default ``max_stack_depth``: items plus open marks on the unpickler's stack (a tuple's
 #: items are all on the stack before TUPLE; nesting a list or dict adds an item and a mark).
 DEFAULT_MAX_STACK_DEPTH = 100_000
+#: Default ``max_expansion``: what the calls of one pickle may build (items, or bytes of a
+#: ``bytes``/``bytearray``) beyond twice the bytes received. Every pickle the standard library
+#: writes needs none of it; a hostile one gets ``set(range(65536))`` (~4 MB) or
+#: ``bytes(65536)`` out of a few bytes.
+DEFAULT_MAX_EXPANSION = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -306,8 +314,10 @@ class Limits:
     vetting that restricted loading does anyway (and without an allowlist a hostile pickle can
     run code, so limits would not protect the receiver): *max_payload_size* (one ``bytes``,
     ``bytearray``, ``str`` or long-int payload), *max_memo_size* (the highest memo index + 1,
-    and the number of memo entries a pickle makes), *max_opcodes* and *max_stack_depth* (items
-    plus open marks). They are checked before the unpickler acts on the opcode. A restricted
+    and the number of memo entries a pickle makes), *max_opcodes*, *max_stack_depth* (items
+    plus open marks) and *max_expansion* (what the calls of allowed callables build, in items
+    or bytes, beyond twice the bytes received so far). They are checked before the unpickler
+    acts on the opcode. A restricted
     load also checks the first three itself, so they hold for the sync ``load``/``loads`` too.
     """
 
@@ -318,6 +328,7 @@ class Limits:
     max_memo_size: int | None = DEFAULT_MAX_MEMO_SIZE
     max_opcodes: int | None = DEFAULT_MAX_OPCODES
     max_stack_depth: int | None = DEFAULT_MAX_STACK_DEPTH
+    max_expansion: int | None = DEFAULT_MAX_EXPANSION
 
     def check(self, what: str, size: int, limit: str, *, unit: str = "bytes") -> None:
         """Raise `LimitExceeded` if *size* exceeds the limit named *limit*."""
@@ -333,6 +344,7 @@ class RestrictedLimitOptions(TypedDict, total=False):
     max_memo_size: int | None
     max_opcodes: int | None
     max_stack_depth: int | None
+    max_expansion: int | None
 
 
 class LimitOptions(RestrictedLimitOptions, total=False):
@@ -372,28 +384,99 @@ _PAYLOAD_HEADERS = {"BINBYTES": 5, "BINUNICODE": 5, "BINBYTES8": 9, "BINUNICODE8
 _PAYLOAD_HEADERS["BYTEARRAY8"] = 9
 
 _BY_CODE = {opcode.code: opcode for opcode in pickletools.opcodes}
+_BY_BYTE = {opcode.code.encode("latin-1"): opcode for opcode in pickletools.opcodes}
 
 Opcodes = Generator[tuple[Any, Any, int, int], None, None]
+
+
+def _read_line(file: Any) -> bytes:
+    line: bytes = file.readline()
+    if not line.endswith(b"\n"):
+        raise ValueError("no newline found when trying to read a line argument")
+    return line[:-1]
+
+
+#: The escapes ``PyBytes_DecodeEscape`` decodes without a ``DeprecationWarning``: it warns
+#: about any other, and about octal escapes over 0o377.
+_VALID_ESCAPE = re.compile(
+    rb"\\(?:[\n\\'\"abfnrtv]|x[0-9a-fA-F]{2}|[0-3][0-7]{2}|[0-7]{1,2}(?![0-7]))"
+)
+
+
+def _read_quoted(file: Any) -> str:
+    """STRING's argument, decoded as the C unpickler decodes it (its own *encoding* aside).
+
+    ``ValueError`` for an escape that CPython decodes with a ``DeprecationWarning`` (which
+    ``-W error`` turns into an exception that is not an ``UnpicklingError``): no pickler
+    writes one. Checked first, so that decoding never warns.
+    """
+    data = _read_line(file)
+    if len(data) < 2 or data[:1] not in (b"'", b'"') or data[-1:] != data[:1]:
+        raise ValueError(f"the STRING argument {data[:40]!r} is not quoted")
+    data = data[1:-1]
+    position = data.find(b"\\")
+    while position >= 0:
+        match = _VALID_ESCAPE.match(data, position)
+        if match is None:
+            raise ValueError(f"invalid escape sequence {data[position : position + 4]!r}")
+        position = data.find(b"\\", match.end())
+    decoded: bytes = escape_decode(data)[0]
+    return decoded.decode("latin-1")
+
+
+def _read_name_pair(file: Any) -> str:
+    """GLOBAL's and INST's argument: two lines decoded as UTF-8, as the C unpickler does
+    (``pickletools`` unescapes them, which can warn), joined by a blank as ``pickletools``
+    joins them."""
+    module = _read_line(file).decode()
+    return f"{module} {_read_line(file).decode()}"
+
+
+#: Argument readers that replace pickletools' for the text-line arguments.
+_SAFE_READERS: dict[str, Callable[[Any], Any]] = {
+    "stringnl": _read_quoted,
+    "stringnl_noescape": lambda file: _read_line(file).decode("ascii"),  # PERSID, as C reads it
+    "stringnl_noescape_pair": _read_name_pair,
+}
+_READERS: dict[bytes, Callable[[Any], Any] | None] = {
+    code: None if op.arg is None else _SAFE_READERS.get(op.arg.name, op.arg.reader)
+    for code, op in _BY_BYTE.items()
+}
+
+
+def _genops(file: Any) -> Iterator[tuple[Any, Any, int]]:
+    """``pickletools.genops`` with the readers of `_READERS`: ``(opcode, arg, start)`` up to
+    STOP; ``ValueError`` for a malformed pickle. *file* needs ``read``, ``readline``, ``tell``."""
+    read, tell = file.read, file.tell
+    while True:
+        position = tell()
+        code = read(1)
+        opcode = _BY_BYTE.get(code)
+        if opcode is None:
+            if not code:
+                raise ValueError("pickle exhausted before seeing STOP")
+            raise ValueError(f"at position {position}, opcode {code!r} unknown")
+        reader = _READERS[code]
+        yield opcode, None if reader is None else reader(file), position
+        if code == b".":
+            return
 
 
 def _opcodes(file: Any) -> Opcodes:
     """``(opcode, arg, start, end)`` for each opcode of the pickle in *file* (up to STOP).
 
-    *file* needs ``tell``. ``pickletools.genops``' ``ValueError`` for a malformed pickle becomes
+    *file* needs ``tell``. The ``ValueError`` of `_genops` for a malformed pickle becomes
     ``UnpicklingError``.
     """
     try:
-        for opcode, arg, start in pickletools.genops(file):
-            yield opcode, arg, start or 0, file.tell()  # genops has read exactly this opcode
+        for opcode, arg, start in _genops(file):
+            yield opcode, arg, start, file.tell()  # _genops has read exactly this opcode
     except ValueError as exc:
         if exc is getattr(file, "io_error", None):
             raise  # the file's own error, not the pickle's
         raise pickle.UnpicklingError(f"malformed pickle: {exc}") from exc
 
 
-#: Stack effects, from pickletools' opcode tables: (kind, pops, pushes). For _TO_MARK, pops
-#: counts the items *below* the mark that the opcode consumes (APPENDS: the list).
-_PLAIN, _TO_MARK, _MARK_OP, _POP = range(4)
 #: Argument bytes before a payload, for the opcodes that carry one (their size is checked
 #: against max_payload_size).
 _PAYLOAD_WIDTHS = {
@@ -408,37 +491,325 @@ _LONGEST_FIXED_ARGUMENT = 8
 _PIECE = 1 << 20
 
 
-def _effect(opcode: Any) -> tuple[int, int, int]:
-    before, after = opcode.stack_before, opcode.stack_after
-    if opcode.name == "MARK":
-        return _MARK_OP, 0, 0
-    if opcode.name == "POP":  # pops a mark instead if one is on top (as the C unpickler does)
-        return _POP, 1, 0
-    if _MARK in before:
-        return _TO_MARK, before.index(_MARK), len(after)
-    return _PLAIN, len(before), len(after)
+# ---------------------------------------------------------------------------------------------
+# The model of the unpickler's stack and memo, and of the calls it makes
+#
+# Calls are where a few bytes can become gigabytes: ``bytes(10**9)``, ``set(range(10**9))``,
+# or a big object received once and copied by many calls through the memo. The vetting pass
+# keeps a model of every value on the unpickler's stack and in its memo: the callable a
+# GLOBAL/STACK_GLOBAL/INST names, literal ints, the lengths of strings, bytes, containers
+# (also as APPEND/SETITEM/ADDITEMS grow them) and ranges, the items of small tuples. Each call
+# of a callable in `_CALLABLES` is then sized before the unpickler makes it: what it builds (a
+# bytes/bytearray's bytes, a container's items, what an iteration copies) is added up, and the
+# total may exceed twice the bytes received so far by at most ``max_expansion``. Every pickle the
+# standard library writes stays well within that: its calls copy what was sent, at most twice
+# over (protocols 0-2 write a bytearray as ``bytearray(_codecs.encode(text, "latin1"))``).
+#
+# The callables of the presets, and why each is or is not an amplifier:
+#
+# * ``bytes``, ``bytearray``: ``bytes(n)`` zero-fills n bytes; from an iterable (a ``range``)
+#   or a buffer they copy its length; from a str and an encoding, see ``_codecs.encode``.
+#   Modelled. (NEWOBJ's ``bytearray.__new__`` ignores its arguments: sized as a call anyway.)
+# * ``set``, ``frozenset``; ``collections.deque``, ``OrderedDict``, ``defaultdict`` (its
+#   second argument): copy an iterable or mapping. Modelled, and so are ``list``, ``tuple``,
+#   ``dict``, ``dict.fromkeys``, ``sorted``, ``collections.Counter`` and
+#   ``OrderedDict.fromkeys`` for allowlists that list them. A ``deque``'s *maxlen* bounds its
+#   memory, not the time spent iterating, so the whole iterable counts.
+# * ``range``: 48 bytes whatever its length, but an iterable of any length: a call fed a range
+#   is sized by the range's length; a range whose bounds are not literal ints below 2**63 has
+#   no known length, and a modelled call fed one is refused.
+# * ``_codecs.encode(obj, encoding, errors)``: output per input character up to ~92 bytes
+#   (``errors="namereplace"``: ``\N{...}``) plus headers (bz2). Sized as its input for
+#   latin-1/ASCII with strict errors (what protocols 0-2 write), 4x for UTF-8, otherwise
+#   `_WORST_CODEC_FACTOR`x plus `_WORST_CODEC_OVERHEAD`.
+# * ``decimal.Decimal``: its digits are as long as the string or digit tuple it parses (an
+#   exponent costs nothing: ``Decimal("1e999999999")`` is small). Sized as that length; an int
+#   argument is below 2**63 (longer ints are not modelled, and refused here).
+# * ``complex``, ``slice``, the ``datetime`` types: fixed-size objects (ints checked against
+#   their ranges, ``complex`` parses a string into two floats, ``slice`` and ``timezone`` keep
+#   references). ``Ellipsis`` and ``NotImplemented`` are not callable. Not modelled: trusted.
+# * ``copyreg._reconstructor``/``__newobj__``/``__newobj_ex__`` call their base or class: the
+#   model follows them (``_reconstructor(set, set, range(10**9))`` fills a set).
+#
+# No preset reaches ``str.__mul__`` or similar: methods are globals of their own, allowed only
+# if their dotted pair is listed, and no opcode multiplies or formats. Callables that walk
+# nested objects (``str``, ``repr``, ``collections.UserString``...) cannot be bounded by a
+# container's length: do not allow them. Callables not in `_CALLABLES` (the fixed-size ones
+# above, and whatever else an allowlist lists) are called with the sender's arguments unsized.
 
 
-_EFFECTS = {opcode.name: _effect(opcode) for opcode in pickletools.opcodes}
+class _Sized:
+    """The model of an object whose length is known (a str, bytes, tuple, frozenset, range,
+    or what a modelled call built); ``size`` is None for a range of unknown length."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int | None) -> None:
+        self.size = size
+
+
+class _Box(_Sized):
+    """The model of a mutable container (list, dict, set, bytearray, deque...): APPEND(S),
+    SETITEM(S) and ADDITEMS add to its size, seen through every reference to it."""
+
+    __slots__ = ()
+
+
+#: A call's arguments are kept in the model of a tuple up to this many (every modelled
+#: callable takes fewer; a longer tuple is only a length).
+_ARGS_KEPT = 8
+
+
+class _Tuple(_Sized):
+    """The model of a tuple; ``items`` holds its items' models if it has at most `_ARGS_KEPT`."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[Any]) -> None:
+        super().__init__(len(items))
+        self.items = tuple(items) if len(items) <= _ARGS_KEPT else None
+
+
+class _Opaque:
+    """A value the model knows nothing about; ``what`` describes it for error messages."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"<{self.what}>"
+
+
+#: The result of a call the model does not follow, a persistent ID or an out-of-band buffer.
+_ANY = _Opaque("an object built by a call the vetting pass does not model")
+#: A global that is not in `_CALLABLES`: the allowlist lets it through, calls of it are trusted.
+_FOREIGN = _Opaque("a global")
+#: A memo entry that was never put (the unpickler will fail on it).
+_MISSING = _Opaque("a missing memo entry")
+#: Literal ints are modelled below this magnitude (a longer one is `_ANY`: not kept, and a
+#: size or range bound that large is refused).
+_BIG = 1 << 63
+_SIZES = tuple(_Sized(size) for size in range(256))  # shared: immutable, and common
+_EMPTY_TUPLE = _Tuple([])
+
+
+def _sized(size: int) -> _Sized:
+    return _SIZES[size] if size < 256 else _Sized(size)
+
+
+class _Unsized(Exception):
+    """A modelled call is given a value whose length the model does not know."""
+
+
+def _length(value: Any) -> int:
+    """How many items, bytes or characters copying *value* yields; 0 for what cannot be
+    iterated (the call will fail); `_Unsized` for what the model cannot size."""
+    if type(value) is str:
+        return len(value)
+    if isinstance(value, _Sized):
+        if value.size is None:
+            raise _Unsized("a range whose bounds are not literal ints below 2**63")
+        return value.size
+    if value is None or type(value) in (int, bool):
+        return 0
+    raise _Unsized(value.what if isinstance(value, _Opaque) else "a global")
+
+
+#: Output bytes per input character of ``str.encode`` with strict errors, for the encodings
+#: pickles use; any other encoding or error handler gets the worst factor of the codecs.
+_CODEC_FACTORS = dict.fromkeys(
+    ["latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "ascii", "us-ascii"], 1
+) | dict.fromkeys(["utf-8", "utf8", "utf_8"], 4)
+_WORST_CODEC_FACTOR = 100  # "\N{...}" of the longest character name (88) is 92 bytes
+_WORST_CODEC_OVERHEAD = 1024  # headers: bz2 writes ~40 bytes for one byte
+
+
+def _encoded_size(source: Any, encoding: Any = "utf-8", errors: Any = "strict") -> int:
+    size = _length(source)
+    factor = _CODEC_FACTORS.get(encoding) if errors == "strict" else None
+    if factor is None:
+        return size * _WORST_CODEC_FACTOR + _WORST_CODEC_OVERHEAD
+    return size * factor
+
+
+#: A modelled callable's model: its positional arguments' models -> (the items or bytes the
+#: call builds, the model of its result). `_Unsized` if an argument cannot be sized.
+Model = Callable[[tuple[Any, ...]], tuple[int, Any]]
+
+
+def _byte_string(result: Callable[[int], _Sized]) -> Model:
+    """``bytes``/``bytearray``: empty, zero-filled to an int, a copy, or an encoded str."""
+
+    def model(args: tuple[Any, ...]) -> tuple[int, Any]:
+        if not args:
+            return 0, result(0)
+        if len(args) > 1:
+            size = _encoded_size(*args[:3])
+        elif type(args[0]) in (int, bool):
+            size = max(args[0], 0)
+        else:
+            size = _length(args[0])
+        return size, result(size)
+
+    return model
+
+
+def _copy(result: Callable[[int], _Sized], position: int = 0) -> Model:
+    """A constructor that copies the iterable or mapping it gets at *position*."""
+
+    def model(args: tuple[Any, ...]) -> tuple[int, Any]:
+        size = _length(args[position]) if len(args) > position else 0
+        return size, result(size)
+
+    return model
+
+
+def _range(args: tuple[Any, ...]) -> tuple[int, Any]:
+    if not 1 <= len(args) <= 3 or not all(type(arg) in (int, bool) for arg in args):
+        return 0, _Sized(None)  # bounds too big for the model, or not ints (the call fails)
+    start, stop, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
+    if step == 0:
+        return 0, None  # ValueError
+    return 0, _Sized(max(0, (stop - start + step - (1 if step > 0 else -1)) // step))
+
+
+def _decimal(args: tuple[Any, ...]) -> tuple[int, Any]:
+    value = args[0] if args else None
+    if type(value) is _Tuple and value.items is not None and len(value.items) == 3:
+        return _length(value.items[1]), None  # (sign, digits, exponent)
+    return (0 if type(value) in (int, bool) else _length(value)), None
+
+
+#: Models of the copyreg helpers: they call another callable, whose model applies.
+Forward = Callable[[tuple[Any, ...]], tuple[Any, tuple[Any, ...] | None]]
+
+
+def _reconstructor(args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...] | None]:
+    # base.__new__(cls, state) and base.__init__(obj, state): base(state) builds as much.
+    return (args[1], args[2:]) if len(args) == 3 else (_FOREIGN, ())
+
+
+def _newobj(args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...] | None]:
+    return (args[0], args[1:]) if args else (_FOREIGN, ())
+
+
+def _newobj_ex(args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...] | None]:
+    if len(args) != 3:
+        return _FOREIGN, ()
+    return args[0], _call_arguments(args[1], args[2])
+
+
+def _call_arguments(args: Any, kwargs: Any = None) -> tuple[Any, ...] | None:
+    """The positional arguments' models of a call, or None if the model does not know them
+    (keyword arguments, a long or unknown tuple)."""
+    no_kwargs = kwargs is None or (type(kwargs) is _Box and not kwargs.size)
+    return args.items if type(args) is _Tuple and no_kwargs else None
+
+
+@dataclass(frozen=True)
+class _Callable:
+    """A global whose calls the model sizes: *model* (or *forward*, for the copyreg helpers)."""
+
+    name: str
+    model: Model | None = None
+    forward: Forward | None = None
+
+
+def _table() -> dict[Pair, _Callable]:
+    models: dict[Pair, Model] = {
+        ("builtins", "bytes"): _byte_string(_sized),
+        ("builtins", "bytearray"): _byte_string(_Box),
+        ("builtins", "range"): _range,
+        ("_codecs", "encode"): lambda args: (size := _encoded_size(*args[:3]), _sized(size)),
+        ("decimal", "Decimal"): _decimal,
+        ("collections", "defaultdict"): _copy(_Box, position=1),
+    }
+    for pair, result in [
+        (("builtins", "set"), _Box), (("builtins", "frozenset"), _sized),
+        (("builtins", "list"), _Box), (("builtins", "tuple"), _sized),
+        (("builtins", "dict"), _Box), (("builtins", "dict.fromkeys"), _Box),
+        (("builtins", "sorted"), _Box), (("collections", "deque"), _Box),
+        (("collections", "OrderedDict"), _Box), (("collections", "OrderedDict.fromkeys"), _Box),
+        (("collections", "Counter"), _Box),
+    ]:  # fmt: skip
+        models[pair] = _copy(result)
+    models[("codecs", "encode")] = models[("_codecs", "encode")]
+    table = {pair: _Callable(".".join(pair), model) for pair, model in models.items()}
+    for name, forward in [
+        ("_reconstructor", _reconstructor), ("__newobj__", _newobj), ("__newobj_ex__", _newobj_ex),
+    ]:  # fmt: skip
+        table[("copyreg", name)] = _Callable(f"copyreg.{name}", forward=forward)
+    return table
+
+
+_CALLABLES = _table()
+#: The strings the model keeps as values (others are only lengths): the parts of the pairs
+#: in `_CALLABLES` and their Python 2 spellings (for STACK_GLOBAL), and encoding arguments.
+_NAMES = frozenset(
+    {part for pair in _CALLABLES for part in pair}
+    | {part for old, new in NAME_MAPPING.items() if new in _CALLABLES for part in old}
+    | {old for old, new in IMPORT_MAPPING.items() if new in {m for m, _ in _CALLABLES}}
+    | _CODEC_FACTORS.keys()
+    | {"strict"}
+)
+
+
+def _global(module: Any, name: Any) -> Any:
+    """The model of the global ``module.name`` (strings as the model keeps them)."""
+    if type(module) is not str or type(name) is not str:
+        return _FOREIGN
+    return _CALLABLES.get(_map_python2(module, name, True), _FOREIGN)
+
+
+class _Memo:
+    """The model of the unpickler's memo. It lives as long as the reader, as the unpickler's
+    memo lives across its ``load()`` calls. A list: the index is checked against
+    max_memo_size before it is put."""
+
+    __slots__ = ("count", "values")
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.count = 0  # entries put: where MEMOIZE puts, as in the C unpickler
+
+    def put(self, index: int, value: Any) -> None:
+        values = self.values
+        if index < 0:
+            return  # the unpickler refuses a negative index
+        if index >= len(values):
+            values.extend([_MISSING] * (index + 1 - len(values)))
+        if values[index] is _MISSING:
+            self.count += 1
+        values[index] = value
+
+    def get(self, index: int) -> Any:
+        return self.values[index] if 0 <= index < len(self.values) else _MISSING
 
 
 class _Rules:
     """Refuses, opcode by opcode in stream order, what a restricted load must not act on, and
     counts what one pickle uses of the opcode `Limits`.
 
-    The stack is modelled as the C unpickler keeps it: a depth, and the depths at which the
-    open marks were set; items below the topmost mark (the "fence") cannot be popped. This
-    runs for every opcode, so the common case is kept to a few comparisons.
+    It keeps a model of the unpickler's stack (values as described above, and the depths at
+    which the open marks were set; items below the topmost mark, the "fence", cannot be
+    popped) and of its memo (*memo*, shared by the pickles of one reader). *origin* is the
+    stream offset where the pickle starts. This runs for every opcode, so the common case is
+    kept to a few operations.
     """
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, memo: _Memo | None = None, origin: int = 0) -> None:
         self.limits = limits
+        self.memo = _Memo() if memo is None else memo
+        self.origin = origin
         self.frame_end = -1  # stream offset where the current frame ends
         self.opcodes = 0
-        self.depth = 0
+        self.stack: list[Any] = []
         self.fence = 0
         self.marks: list[int] = []
         self.memo_writes = 0
+        self.built = 0  # items and bytes that the modelled calls build
         self.max_opcodes = _or_max(limits.max_opcodes)
         self.max_stack_depth = _or_max(limits.max_stack_depth)
 
@@ -450,16 +821,12 @@ class _Rules:
         self.opcodes += 1
         if self.opcodes > self.max_opcodes:
             self.limits.check("pickle", self.opcodes, "max_opcodes", unit="opcodes")
-        kind, pops, pushes = _EFFECTS[name]
-        if kind == _PLAIN and self.depth - pops >= self.fence:
-            self.depth += pushes - pops
-        else:
-            self._apply_marks(name, kind, pops, pushes, start)
-        if self.depth + len(self.marks) > self.max_stack_depth:
-            depth = self.depth + len(self.marks)
-            self.limits.check("stack", depth, "max_stack_depth", unit="items")
         if name in _SIZED:
             self._check_size(name, arg, end - start)
+        _MODEL.get(name, _unknown_opcode)(self, name, arg, start, end)
+        if len(self.stack) + len(self.marks) > self.max_stack_depth:
+            depth = len(self.stack) + len(self.marks)
+            self.limits.check("stack", depth, "max_stack_depth", unit="items")
 
     def _check_framing(self, name: str, arg: Any, start: int, end: int) -> None:
         if start < self.frame_end:
@@ -482,28 +849,6 @@ class _Rules:
                 start,
             )
 
-    def _apply_marks(self, name: str, kind: int, pops: int, pushes: int, start: int) -> None:
-        """Apply an opcode that sets or uses a mark, or underflows, to the modelled stack."""
-        marks = self.marks
-        if kind == _MARK_OP:
-            marks.append(self.depth)
-        elif kind == _POP and marks and marks[-1] == self.depth:
-            marks.pop()
-        else:
-            depth = self.depth
-            if kind == _TO_MARK:
-                if not marks:
-                    raise pickle.UnpicklingError(
-                        f"malformed pickle: {name} at position {start} finds no MARK"
-                    )
-                depth = marks.pop()
-            if depth - pops < (marks[-1] if marks else 0):
-                raise pickle.UnpicklingError(
-                    f"malformed pickle: {name} at position {start} pops more than the stack holds"
-                )
-            self.depth = depth - pops + pushes
-        self.fence = marks[-1] if marks else 0
-
     def _check_size(self, name: str, arg: Any, length: int) -> None:
         """Check a payload's size, or a memo index, against its limit."""
         width = _PAYLOAD_WIDTHS.get(name)
@@ -512,14 +857,125 @@ class _Rules:
             return
         # The C unpickler grows its memo table to the index put (MEMOIZE puts at the number
         # of entries), so the index is what costs memory.
-        index = arg if name != "MEMOIZE" else self.memo_writes
+        index = arg if name != "MEMOIZE" else self.memo.count
         self.memo_writes += 1
         entries = max(index + 1, self.memo_writes)
         self.limits.check("memo", entries, "max_memo_size", unit="entries")
 
+    # -- the stack -------------------------------------------------------------------------
+
+    def pop(self, count: int, name: str, start: int) -> list[Any]:
+        """Pop *count* items (``UnpicklingError`` if the fence is in the way)."""
+        stack = self.stack
+        keep = len(stack) - count
+        if keep < self.fence:
+            self._underflow(name, start)
+        popped = stack[keep:]
+        del stack[keep:]
+        return popped
+
+    def pop_mark(self, name: str, start: int, below: int = 0) -> list[Any]:
+        """Pop the items above the topmost mark, and the mark; *below* items must stay under
+        it, above the next fence (the list APPENDS extends...)."""
+        marks = self.marks
+        if not marks:
+            raise pickle.UnpicklingError(
+                f"malformed pickle: {name} at position {start} finds no MARK"
+            )
+        mark = marks.pop()
+        self.fence = marks[-1] if marks else 0
+        if mark - below < self.fence:
+            self._underflow(name, start)
+        items = self.stack[mark:]
+        del self.stack[mark:]
+        return items
+
+    def need(self, count: int, name: str, start: int) -> None:
+        """``UnpicklingError`` unless *count* items are above the fence."""
+        if len(self.stack) - count < self.fence:
+            self._underflow(name, start)
+
+    def grow(self, target: Any, items: int) -> None:
+        """APPEND(S)/SETITEM(S)/ADDITEMS added *items* to the container modelled by *target*."""
+        if type(target) is _Box and target.size is not None:
+            target.size += items
+
+    @staticmethod
+    def _underflow(name: str, start: int) -> NoReturn:
+        raise pickle.UnpicklingError(
+            f"malformed pickle: {name} at position {start} pops more than the stack holds"
+        )
+
     @staticmethod
     def _refuse(message: str, position: int) -> None:
         raise PolicyViolation(message, position)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def call(
+        self, func: Any, args: tuple[Any, ...] | None, start: int, end: int, hops: int = 0
+    ) -> Any:
+        """The model of what calling *func* with *args* (positional arguments' models, None if
+        unknown) returns; charge what it builds. `PolicyViolation` if *func* is modelled and
+        its arguments are not known or cannot be sized, or if copyreg helpers call each other
+        more than `_MAX_HOPS` deep (*hops* counts them)."""
+        if type(func) is not _Callable:
+            if func is _ANY and args is not None:  # a call's result called: size it crudely
+                self.charge("a call of a call's result", _crude_size(args), start, end)
+            return _ANY  # _FOREIGN: a global the allowlist trusts
+        if args is None:
+            self._refuse(
+                f"{func.name} at position {start} is called with keyword arguments or more "
+                f"than {_ARGS_KEPT} arguments: the vetting pass cannot size the call",
+                start,
+            )
+            return _ANY
+        try:
+            if func.forward is not None:
+                if hops == _MAX_HOPS:
+                    raise _Unsized(f"copyreg helpers calling each other {hops} deep")
+                return self.call(*func.forward(args), start, end, hops + 1)
+            assert func.model is not None
+            built, result = func.model(args)
+        except _Unsized as exc:
+            self._refuse(
+                f"{func.name} at position {start} is given {exc}: a restricted load cannot "
+                "bound what the call would build",
+                start,
+            )
+            return _ANY
+        if built:
+            self.charge(func.name, built, start, end)
+        return result
+
+    def charge(self, name: str, built: int, start: int, end: int) -> None:
+        """Add *built* to what the pickle's calls built; `LimitExceeded` if that exceeds twice
+        the bytes received by more than max_expansion."""
+        self.built += built
+        received = end - self.origin
+        self.limits.check(
+            f"what calls built beyond twice the {received} bytes received "
+            f"(the last, {name} at position {start})",
+            self.built - 2 * received,
+            "max_expansion",
+            unit="items or bytes",
+        )
+
+
+#: How deep copyreg helpers may call each other (one level is what pickles need).
+_MAX_HOPS = 4
+
+
+def _crude_size(args: tuple[Any, ...]) -> int:
+    """An upper bound of what a callable the model cannot see builds from *args*: ints taken
+    as sizes, and the lengths of what it could copy."""
+    total = 0
+    for arg in args:
+        if type(arg) in (int, bool):
+            total += max(arg, 0)
+        elif type(arg) is str or (isinstance(arg, _Sized) and arg.size is not None):
+            total += _length(arg)
+    return total
 
 
 def _or_max(limit: int | None) -> int:
@@ -528,6 +984,195 @@ def _or_max(limit: int | None) -> int:
 
 _FRAMING = _EXTENSION_OPCODES | {"FRAME", "STOP"}
 _SIZED = _PAYLOAD_WIDTHS.keys() | _MEMO_PUT | {"MEMOIZE"}
+
+
+# -- what each opcode does to the model ------------------------------------------------------
+# Each takes (rules, name, arg, start, end). The checks of the stack are the C unpickler's.
+
+Handler = Callable[[_Rules, str, Any, int, int], None]
+
+
+def _pusher(value: Callable[[Any], Any]) -> Handler:
+    def push(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+        rules.stack.append(value(arg))
+
+    return push
+
+
+def _payload_pusher(kind: Callable[[int], _Sized], text: bool = False) -> Handler:
+    """A str/bytes/bytearray push. Its argument is None for a payload read after its frame."""
+
+    def push(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+        if arg is None:
+            rules.stack.append(kind(end - start - _PAYLOAD_HEADERS[name]))
+        elif text and arg in _NAMES:
+            rules.stack.append(arg)
+        else:
+            rules.stack.append(kind(len(arg)))
+
+    return push
+
+
+def _builder(count: int | None, build: Callable[[list[Any]], Any]) -> Handler:
+    """An opcode that pops *count* items (those above the mark if None) and pushes one."""
+
+    def handle(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+        items = rules.pop_mark(name, start) if count is None else rules.pop(count, name, start)
+        rules.stack.append(build(items))
+
+    return handle
+
+
+def _grower(count: int | None, per_item: int = 1) -> Handler:
+    """APPEND/SETITEM (*count* items) and APPENDS/SETITEMS/ADDITEMS (those above the mark)
+    add to the container below them."""
+
+    def handle(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+        if count is None:
+            items = len(rules.pop_mark(name, start, below=1))
+        else:
+            rules.need(count + 1, name, start)
+            del rules.stack[-count:]
+            items = count
+        rules.grow(rules.stack[-1], items // per_item)
+
+    return handle
+
+
+def _put(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.need(1, name, start)
+    rules.memo.put(arg if name != "MEMOIZE" else rules.memo.count, rules.stack[-1])
+
+
+def _get(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.stack.append(rules.memo.get(arg))
+
+
+def _dup(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.need(1, name, start)
+    rules.stack.append(rules.stack[-1])
+
+
+def _mark(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.fence = len(rules.stack)
+    rules.marks.append(rules.fence)
+
+
+def _pop(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+    if rules.marks and rules.marks[-1] == len(rules.stack):  # pops the mark, as C does
+        rules.pop_mark(name, start)
+    else:
+        rules.pop(1, name, start)
+
+
+def _pop_only(count: int) -> Handler:
+    """BUILD and READONLY_BUFFER: they need *count* items and pop all but one."""
+
+    def handle(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+        rules.need(count, name, start)
+        del rules.stack[len(rules.stack) - count + 1 :]
+
+    return handle
+
+
+def _stack_global(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.stack.append(_global(*rules.pop(2, name, start)))
+
+
+def _reduce(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+    func, args = rules.pop(2, name, start)
+    rules.stack.append(rules.call(func, _call_arguments(args), start, end))
+
+
+def _reduce_ex(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+    func, args, kwargs = rules.pop(3, name, start)
+    rules.stack.append(rules.call(func, _call_arguments(args, kwargs), start, end))
+
+
+def _obj(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+    items = rules.pop_mark(name, start)
+    if not items:
+        rules._underflow(name, start)
+    args = tuple(items[1:]) if len(items) <= _ARGS_KEPT + 1 else None
+    rules.stack.append(rules.call(items[0], args, start, end))
+
+
+def _inst(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+    items = rules.pop_mark(name, start)
+    args = tuple(items) if len(items) <= _ARGS_KEPT else None
+    rules.stack.append(rules.call(_global(*arg.split(" ", 1)), args, start, end))
+
+
+def _stop(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.pop(1, name, start)
+
+
+def _pop_mark(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.pop_mark(name, start)
+
+
+def _nothing(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+    pass
+
+
+def _unknown_opcode(rules: _Rules, name: str, arg: Any, start: int, end: int) -> None:
+    """An opcode newer than this model: its stack effect from pickletools, results unknown."""
+    opcode = _BY_NAME[name]
+    if _MARK in opcode.stack_before:
+        rules.pop_mark(name, start, below=opcode.stack_before.index(_MARK))
+        rules.pop(opcode.stack_before.index(_MARK), name, start)
+    else:
+        rules.pop(len(opcode.stack_before), name, start)
+    rules.stack.extend(_ANY for _ in opcode.stack_after)
+
+
+_BY_NAME = {opcode.name: opcode for opcode in pickletools.opcodes}
+_push_int = _pusher(lambda arg: arg if -_BIG < arg < _BIG else _ANY)
+_push_text = _payload_pusher(_sized, text=True)
+_TEXT_OPCODES = ["STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE"]
+_TEXT_OPCODES += ["SHORT_BINUNICODE", "BINUNICODE8"]
+_MODEL: dict[str, Handler] = {
+    **dict.fromkeys(["INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"], _push_int),
+    **dict.fromkeys(["NONE", "FLOAT", "BINFLOAT"], _pusher(lambda arg: None)),
+    "NEWTRUE": _pusher(lambda arg: True),
+    "NEWFALSE": _pusher(lambda arg: False),
+    **dict.fromkeys(["PERSID", "NEXT_BUFFER"], _pusher(lambda arg: _ANY)),
+    **dict.fromkeys(_TEXT_OPCODES, _push_text),
+    **dict.fromkeys(["BINBYTES", "SHORT_BINBYTES", "BINBYTES8"], _payload_pusher(_sized)),
+    "BYTEARRAY8": _payload_pusher(_Box),
+    **dict.fromkeys(["EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"], _pusher(lambda arg: _Box(0))),
+    "EMPTY_TUPLE": _pusher(lambda arg: _EMPTY_TUPLE),
+    "TUPLE": _builder(None, _Tuple),
+    "TUPLE1": _builder(1, _Tuple),
+    "TUPLE2": _builder(2, _Tuple),
+    "TUPLE3": _builder(3, _Tuple),
+    "LIST": _builder(None, lambda items: _Box(len(items))),
+    "DICT": _builder(None, lambda items: _Box(len(items) // 2)),
+    "FROZENSET": _builder(None, lambda items: _sized(len(items))),
+    "BINPERSID": _builder(1, lambda items: _ANY),
+    "APPEND": _grower(1),
+    "APPENDS": _grower(None),
+    "SETITEM": _grower(2, per_item=2),
+    "SETITEMS": _grower(None, per_item=2),
+    "ADDITEMS": _grower(None),
+    **dict.fromkeys(["PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"], _put),
+    **dict.fromkeys(["GET", "BINGET", "LONG_BINGET"], _get),
+    "DUP": _dup,
+    "MARK": _mark,
+    "POP": _pop,
+    "POP_MARK": _pop_mark,
+    "BUILD": _pop_only(2),
+    "READONLY_BUFFER": _pop_only(1),
+    "STOP": _stop,
+    "GLOBAL": _pusher(lambda arg: _global(*arg.split(" ", 1))),
+    "STACK_GLOBAL": _stack_global,
+    "REDUCE": _reduce,
+    "NEWOBJ": _reduce,
+    "NEWOBJ_EX": _reduce_ex,
+    "OBJ": _obj,
+    "INST": _inst,
+    **dict.fromkeys(["PROTO", "FRAME", "EXT1", "EXT2", "EXT4"], _nothing),
+}
 
 
 class _Recorder:
@@ -617,7 +1262,8 @@ class CheckedReader:
         self._limits = Limits() if limits is None else limits
         self._recorder = _Recorder(inner, self._pending, self._limits)
         self._ops: Opcodes | None = None
-        self._rules = _Rules(self._limits)
+        self._memo = _Memo()  # the model of the unpickler's memo, which outlives a pickle
+        self._rules = _Rules(self._limits, self._memo)
         #: The error that stopped this reader, raised again by every later read.
         self.failure: pickle.UnpicklingError | None = None
 
@@ -667,7 +1313,7 @@ class CheckedReader:
         """Check one more opcode (a whole frame after FRAME); ``False`` if the input ended."""
         if self._ops is None:  # a new pickle starts (the unpickler never reads past STOP)
             self._ops = _opcodes(self._recorder)
-            self._rules = _Rules(self._limits)
+            self._rules = _Rules(self._limits, self._memo, self._recorder.position)
             self._recorder.start = self._recorder.position
         try:
             opcode, arg, start, end = next(self._ops)
@@ -698,7 +1344,7 @@ class CheckedReader:
         file = io.BytesIO(frame)
         last = 0  # frame offset of the end of the last complete opcode
         try:
-            for opcode, arg, _ in pickletools.genops(file):
+            for opcode, arg, _ in _genops(file):
                 self._rules.check(opcode.name, arg, start + last, start + file.tell())
                 if opcode.name == "STOP":
                     self._ops = None

@@ -536,7 +536,7 @@ async def aload(
     ``iter_load`` then runs (*unpickler_class*, if given, must be a subclass of it): only the
     listed globals resolve, the opcodes are vetted before the unpickler acts on them, and the
     other `Limits` apply too (*max_payload_size*, *max_memo_size*, *max_opcodes*,
-    *max_stack_depth*, with `Limits`' defaults; passing one without *allow* is a
+    *max_stack_depth*, *max_expansion*, with `Limits`' defaults; passing one without *allow* is a
     ``TypeError``). The restricted unpickler never peeks, so the read-ahead caveat above does
     not apply to it. Bad data then raises only ``UnpicklingError`` (a subclass for a refusal:
     `ForbiddenGlobal`, `PolicyViolation`, `LimitExceeded`) or ``EOFError``.

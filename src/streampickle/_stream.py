@@ -17,6 +17,7 @@ from ._auth import authenticate
 from ._engine import Chunk
 from ._pickler import iter_dumps
 from ._policy import (
+    DEFAULT_MAX_EXPANSION,
     DEFAULT_MAX_MEMO_SIZE,
     DEFAULT_MAX_OPCODES,
     DEFAULT_MAX_PAYLOAD_SIZE,
@@ -84,11 +85,11 @@ class PickleStream(ObjectStream[Any]):
 
     Untrusted peers: with *allow* (an `Allowlist` or pairs) every object is loaded restricted,
     as by ``aload(..., allow=...)``, within all the `Limits` (*max_payload_size*,
-    *max_memo_size*, *max_opcodes* and *max_stack_depth* apply only then). A refusal
-    (`ForbiddenGlobal`, `PolicyViolation`, `LimitExceeded`) is raised from ``receive`` and
-    breaks the stream for receiving: the rest of that pickle is still unread. Each object gets
-    a fresh unpickler, as each was pickled by a fresh pickler. To make the peer prove a shared
-    key first, open the stream with `authenticated`.
+    *max_memo_size*, *max_opcodes*, *max_stack_depth* and *max_expansion* apply only then).
+    A refusal (`ForbiddenGlobal`, `PolicyViolation`, `LimitExceeded`) is raised from
+    ``receive`` and breaks the stream for receiving: the rest of that pickle is still unread.
+    Each object gets a fresh unpickler, as each was pickled by a fresh pickler. To make the
+    peer prove a shared key first, open the stream with `authenticated`.
     """
 
     transport_stream: AnyByteStream
@@ -103,6 +104,7 @@ class PickleStream(ObjectStream[Any]):
     max_memo_size: int | None = DEFAULT_MAX_MEMO_SIZE
     max_opcodes: int | None = DEFAULT_MAX_OPCODES
     max_stack_depth: int | None = DEFAULT_MAX_STACK_DEPTH
+    max_expansion: int | None = DEFAULT_MAX_EXPANSION
     _loader: Loader = field(init=False, repr=False)
     _send_lock: anyio.Lock = field(init=False, repr=False, default_factory=anyio.Lock)
     _receive_lock: anyio.Lock = field(init=False, repr=False, default_factory=anyio.Lock)
@@ -120,6 +122,7 @@ class PickleStream(ObjectStream[Any]):
             self.max_memo_size,
             self.max_opcodes,
             self.max_stack_depth,
+            self.max_expansion,
         )
         self._loader = Loader(_TransportSource(self.transport_stream), limits)
 

@@ -21,8 +21,8 @@ import pytest
 from anyio.abc import ByteStream, SocketStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+from netutil import HANG_GUARD, tcp_pair, while_sending
 from streampickle import ALLOW_BUILTINS, AuthenticationError, PickleStream, authenticate
-from test_limits import HANG_GUARD, tcp_pair, while_sending
 
 pytestmark = pytest.mark.anyio
 

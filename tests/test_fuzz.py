@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import streampickle
+from netutil import HANG_GUARD, while_sending
 from streampickle import ALLOW_BUILTINS, ALLOW_COLLECTIONS, Allowlist
-from test_limits import HANG_GUARD, call, long, range_of, stack_global, while_sending
+from test_limits import call, long, range_of, stack_global
 from test_policy import BUILTIN_DATA
 
 POLICY = ALLOW_BUILTINS | ALLOW_COLLECTIONS | Allowlist([("collections", "Counter")])

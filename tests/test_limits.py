@@ -16,15 +16,15 @@ import subprocess
 import sys
 import textwrap
 import tracemalloc
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import SocketAttribute, SocketListener, SocketStream
+from anyio.abc import SocketStream
 
 import streampickle
+from netutil import HANG_GUARD, tcp_pair, while_sending
 from streampickle import (
     ALLOW_BUILTINS,
     ALLOW_COLLECTIONS,
@@ -33,8 +33,6 @@ from streampickle import (
     Limits,
     PolicyViolation,
 )
-
-HANG_GUARD = 20
 
 
 def framed(body: bytes) -> bytes:
@@ -407,45 +405,6 @@ def test_big_legitimate_objects_load_within_the_default_limits(protocol: int) ->
 # The async API over real sockets
 
 
-@asynccontextmanager
-async def tcp_pair() -> AsyncIterator[tuple[SocketStream, SocketStream]]:
-    """The two ends of a loopback TCP connection: (client, server)."""
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
-        port = listener.extra(SocketAttribute.local_port)
-        client = await anyio.connect_tcp("127.0.0.1", port)
-        inner = listener.listeners[0]
-        assert isinstance(inner, SocketListener)
-        server = await inner.accept()
-        async with client, server:
-            yield client, server
-
-
-async def while_sending(data: bytes, receive: Callable[[SocketStream], Awaitable[Any]]) -> Any:
-    """Send *data* from one end (then EOF) while *receive* reads the other; the sender is
-    cancelled once *receive* returns or raises (a refused peer is never read to the end)."""
-    result: Any = None
-    error: Exception | None = None
-    async with tcp_pair() as (client, server):
-        with anyio.fail_after(HANG_GUARD):
-            async with anyio.create_task_group() as group:
-
-                async def send() -> None:
-                    # A refusing receiver may hang up before it read everything.
-                    with contextlib.suppress(anyio.BrokenResourceError, OSError):
-                        await client.send(data)
-                        await client.send_eof()
-
-                group.start_soon(send)
-                try:
-                    result = await receive(server)
-                except Exception as exc:  # raised below, not wrapped in an exception group
-                    error = exc
-                group.cancel_scope.cancel()
-    if error is not None:
-        raise error
-    return result
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("name", ASYNC_HOSTILE)
 async def test_aload_hits_the_limits(name: str, anyio_backend: Any) -> None:
@@ -499,7 +458,8 @@ RLIMIT_SCRIPT = textwrap.dedent(
     import pickle, resource, sys
     import anyio
     import streampickle
-    from test_limits import ASYNC_HOSTILE, HOSTILE, POLICY, while_sending
+    from netutil import while_sending
+    from test_limits import ASYNC_HOSTILE, HOSTILE, POLICY
 
     def vm_size():
         with open("/proc/self/status") as status:

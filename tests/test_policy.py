@@ -714,7 +714,7 @@ def test_required_globals_rejects_what_it_cannot_name(data: bytes) -> None:
 async def test_aload_and_aiter_load_restricted(
     protocol: int, marker: Path, anyio_backend: Any
 ) -> None:
-    from test_limits import while_sending
+    from netutil import while_sending
 
     good = [DATA[0], DATA[2], DATA[9]]
     data = b"".join(pickle.dumps(obj, protocol) for obj in good)
@@ -736,7 +736,7 @@ async def test_aload_and_aiter_load_restricted(
 
 @pytest.mark.anyio
 async def test_pickle_stream_restricted(marker: Path, anyio_backend: Any) -> None:
-    from test_limits import HANG_GUARD, tcp_pair
+    from netutil import HANG_GUARD, tcp_pair
 
     hostile = call(global_op("os", "system"), command(marker)) + b"."
     async with tcp_pair() as (client, server):
@@ -757,7 +757,7 @@ async def test_pickle_stream_restricted(marker: Path, anyio_backend: Any) -> Non
 async def test_pickle_stream_gives_each_object_a_fresh_memo(anyio_backend: Any) -> None:
     """pickle's Unpickler keeps its memo across load() calls: one per stream would resolve the
     second object's memo references to the first object's entries."""
-    from test_limits import tcp_pair
+    from netutil import tcp_pair
 
     async with tcp_pair() as (client, server):
         sender = streampickle.PickleStream(client, protocol=4)
@@ -770,7 +770,7 @@ async def test_pickle_stream_gives_each_object_a_fresh_memo(anyio_backend: Any) 
 
 @pytest.mark.anyio
 async def test_async_allow_needs_a_streampickle_unpickler(anyio_backend: Any) -> None:
-    from test_limits import HANG_GUARD, tcp_pair
+    from netutil import HANG_GUARD, tcp_pair
 
     class Plain(pickle.Unpickler):
         pass

@@ -10,8 +10,9 @@ from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import SocketAttribute, SocketListener
+from anyio.abc import SocketAttribute
 
+from netutil import tcp_pair
 from streampickle import LimitExceeded, PickleStream
 
 pytestmark = pytest.mark.anyio
@@ -20,17 +21,12 @@ pytestmark = pytest.mark.anyio
 @asynccontextmanager
 async def stream_pair(**options: Any) -> AsyncIterator[tuple[PickleStream, PickleStream]]:
     """Two `PickleStream` s on the ends of one loopback TCP connection."""
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
-        port = listener.extra(SocketAttribute.local_port)
-        client = await anyio.connect_tcp("127.0.0.1", port)
-        inner = listener.listeners[0]
-        assert isinstance(inner, SocketListener)
-        server = await inner.accept()
-        async with (
-            PickleStream(client, **options) as left,
-            PickleStream(server, **options) as right,
-        ):
-            yield left, right
+    async with (
+        tcp_pair() as (client, server),
+        PickleStream(client, **options) as left,
+        PickleStream(server, **options) as right,
+    ):
+        yield left, right
 
 
 @pytest.mark.parametrize("protocol", [2, 5])

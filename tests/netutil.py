@@ -1,0 +1,53 @@
+"""Loopback TCP helpers shared by the tests of the async API."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from anyio.abc import SocketAttribute, SocketListener, SocketStream
+
+#: Seconds; only so that a broken test fails instead of hanging CI.
+HANG_GUARD = 20
+
+
+@asynccontextmanager
+async def tcp_pair() -> AsyncIterator[tuple[SocketStream, SocketStream]]:
+    """The two ends of a loopback TCP connection: (client, server)."""
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(SocketAttribute.local_port)
+        client = await anyio.connect_tcp("127.0.0.1", port)
+        inner = listener.listeners[0]
+        assert isinstance(inner, SocketListener)
+        server = await inner.accept()
+        async with client, server:
+            yield client, server
+
+
+async def while_sending(data: bytes, receive: Callable[[SocketStream], Awaitable[Any]]) -> Any:
+    """Send *data* from one end (then EOF) while *receive* reads the other; the sender is
+    cancelled once *receive* returns or raises (a refused peer is never read to the end)."""
+    result: Any = None
+    error: Exception | None = None
+    async with tcp_pair() as (client, server):
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as group:
+
+                async def send() -> None:
+                    # A refusing receiver may hang up before it read everything.
+                    with contextlib.suppress(anyio.BrokenResourceError, OSError):
+                        await client.send(data)
+                        await client.send_eof()
+
+                group.start_soon(send)
+                try:
+                    result = await receive(server)
+                except Exception as exc:  # raised below, not wrapped in an exception group
+                    error = exc
+                group.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return result

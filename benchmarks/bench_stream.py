@@ -187,6 +187,9 @@ class TimedStreamReader(asyncio.StreamReader):
     so `aload` reads it as it reads any)."""
 
     first_byte = 0.0
+    #: The connection's writer, kept alive: on Python 3.13 a StreamWriter that is garbage
+    #: collected closes its transport, which the reader would see as an immediate EOF.
+    writer: asyncio.StreamWriter | None = None
 
     def feed_data(self, data: Iterable[SupportsIndex]) -> None:
         self.first_byte = self.first_byte or time.monotonic()
@@ -232,9 +235,14 @@ async def accept(backend: str, announce: Callable[[int], None]) -> tuple[Any, An
         return stream, lambda size: trio_receive_exactly(stream, size)
     reader = TimedStreamReader(limit=1 << 16)
     connected = asyncio.Event()
+
+    def on_connect(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        reader.writer = writer
+        connected.set()
+
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: asyncio.StreamReaderProtocol(reader, lambda r, w: connected.set()), HOST, 0
+        lambda: asyncio.StreamReaderProtocol(reader, on_connect), HOST, 0
     )
     announce(server.sockets[0].getsockname()[1])
     await connected.wait()

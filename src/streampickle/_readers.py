@@ -547,13 +547,12 @@ async def aload(
     has been unwound and the reader is positioned somewhere inside the pickle (bytes it had
     read ahead are dropped): treat it as broken.
     """
-    settings = Limits(
-        max_frame_size, max_object_size, max_line_length, **restricted_options(allow, limits)
+    options = restricted_options(allow, limits)
+    loader = await _open_loader(
+        reader, Limits(max_frame_size, max_object_size, max_line_length, **options)
     )
-    loader = Loader(source_for(reader), settings)
-    await loader.source.prepare()
     requests = new_requests(
-        fix_imports, encoding, errors, buffers, unpickler_class, allow, settings
+        fix_imports, encoding, errors, buffers, unpickler_class, allow, loader.limits
     )
     obj = await loader.load(requests, progress)
     await loader.give_back()
@@ -585,15 +584,14 @@ async def aiter_load(
     out of the loop leaves the reader right after the last object yielded.
     ``progress(bytes_read)`` counts the bytes of all the pickles read so far, from the first.
     """
-    settings = Limits(
-        max_frame_size, max_object_size, max_line_length, **restricted_options(allow, limits)
+    options = restricted_options(allow, limits)
+    loader = await _open_loader(
+        reader, Limits(max_frame_size, max_object_size, max_line_length, **options)
     )
-    loader = Loader(source_for(reader), settings)
-    await loader.source.prepare()
     done = 0  # bytes of the pickles already read: progress counts the whole stream
     while True:
         requests = new_requests(
-            fix_imports, encoding, errors, buffers, unpickler_class, allow, settings
+            fix_imports, encoding, errors, buffers, unpickler_class, allow, loader.limits
         )
         try:
             obj = await loader.load(requests, _offset(progress, done))
@@ -604,6 +602,13 @@ async def aiter_load(
         done += loader.consumed
         await loader.give_back()
         yield obj
+
+
+async def _open_loader(reader: object, limits: Limits) -> Loader:
+    """A `Loader` for *reader* (``TypeError`` for an unsupported one), ready to load."""
+    loader = Loader(source_for(reader), limits)
+    await loader.source.prepare()
+    return loader
 
 
 def _offset(progress: Progress | None, base: int) -> Progress | None:

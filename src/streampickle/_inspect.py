@@ -22,10 +22,7 @@ from ._policy import (
     _PAYLOAD_HEADERS,
     Pair,
     _is_dangerous,
-    _map_python2,
-    _opcodes,
-    _referenced_pair,
-    _simulate,
+    _opcodes_and_globals,
 )
 
 __all__ = ["LARGE_PAYLOAD", "SKIP_OVER", "PickleReport", "Stats", "inspect_stream"]
@@ -188,21 +185,11 @@ def inspect_stream(file: BinaryIO, *, fix_imports: bool = True) -> Iterator[Pick
 def _inspect_one(source: _Input, fix_imports: bool) -> PickleReport:
     report = PickleReport(offset=source.position)
     found: dict[Pair, None] = {}
-    stack: list[Any] = []
-    memo: dict[int, Any] = {}
-    for opcode, arg, start, end in _opcodes(source):
+    for opcode, arg, start, end, pair in _opcodes_and_globals(source, fix_imports):
         report.opcodes[opcode.name] += 1
         _note(report, opcode, arg, end - start)
-        pair = _referenced_pair(opcode.name, arg, stack, start)
         if pair is not None:
-            found[_map_python2(*pair, fix_imports)] = None
-        try:
-            _simulate(opcode, arg, stack, memo)
-        except (IndexError, KeyError):
-            raise pickle.UnpicklingError(
-                f"malformed pickle: {opcode.name} at offset {start} underflows the stack or "
-                "reads a missing memo entry"
-            ) from None
+            found[pair] = None
     report.size = source.position - report.offset
     report.globals = list(found)
     if "PROTO" not in report.opcodes:

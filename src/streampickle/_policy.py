@@ -1466,21 +1466,28 @@ def required_globals(data: Any, *, fix_imports: bool = True) -> list[Pair]:
     """
     if isinstance(data, bytes | bytearray | memoryview):
         data = io.BytesIO(data)
-    found: dict[Pair, None] = {}
+    found = {pair: None for *_, pair in _opcodes_and_globals(data, fix_imports) if pair}
+    return list(found)
+
+
+def _opcodes_and_globals(
+    file: Any, fix_imports: bool
+) -> Iterator[tuple[Any, Any, int, int, Pair | None]]:
+    """`_opcodes`, each with the global it references (mapped from Python 2 names as a
+    restricted load judges it) or ``None``. STACK_GLOBAL operands are followed through a model
+    of the stack and memo; ``UnpicklingError`` when the pickle underflows it."""
     stack: list[Any] = []
     memo: dict[int, Any] = {}
-    for opcode, arg, position, _ in _opcodes(data):
-        pair = _referenced_pair(opcode.name, arg, stack, position)
-        if pair is not None:
-            found[_map_python2(*pair, fix_imports)] = None
+    for opcode, arg, start, end in _opcodes(file):
+        pair = _referenced_pair(opcode.name, arg, stack, start)
+        yield opcode, arg, start, end, None if pair is None else _map_python2(*pair, fix_imports)
         try:
             _simulate(opcode, arg, stack, memo)
-        except (IndexError, KeyError) as exc:
+        except (IndexError, KeyError):
             raise pickle.UnpicklingError(
-                f"malformed pickle: {opcode.name} at position {position} "
-                f"underflows the stack or reads a missing memo entry ({exc!r})"
+                f"malformed pickle: {opcode.name} at offset {start} underflows the stack or "
+                "reads a missing memo entry"
             ) from None
-    return list(found)
 
 
 def _referenced_pair(name: str, arg: Any, stack: list[Any], position: int | None) -> Pair | None:

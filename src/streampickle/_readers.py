@@ -6,9 +6,10 @@ stream. Two facts shape it:
 
 * **Leftovers.** With `Peek` answered from a read-ahead buffer the C unpickler parses straight
   from it (no request per opcode) but the buffer then holds bytes past the pickle's STOP. Only
-  sources that can take bytes back (anyio ``BufferedByteReceiveStream``, seekable files,
-  `PickleStream`'s own buffer) ever read ahead; the others (asyncio ``StreamReader``, plain
-  anyio and trio receive streams, pipes) are read exactly, which never loses a byte.
+  sources that can take bytes back (anyio ``BufferedByteReceiveStream``, seekable files, an
+  asyncio ``StreamReader`` through its internal buffer, `PickleStream`'s own buffer) ever read
+  ahead; the others (plain anyio and trio receive streams, pipes opened as files) are read
+  exactly, which never loses a byte.
 * **Limits before allocation.** A length header inside read-ahead data is parsed and its
   buffer allocated by the C unpickler before it asks for the payload, so it cannot be checked
   in time. Protocol 4 and 5 pickles (what streaming producers write) therefore get no read-ahead:
@@ -64,6 +65,11 @@ READ_AHEAD = 1 << 16
 #: The largest single receive: some streams allocate the whole size they are asked for
 #: (``socket.recv``), so payloads are received in pieces of at most this much.
 MAX_RECEIVE = 1 << 20
+#: Payload pieces of at least this many bytes are received from an asyncio ``StreamReader``'s
+#: transport straight into their buffer, at most `MAX_DIRECT` at a time (progress is reported
+#: after each piece).
+DIRECT_MIN = 1 << 18
+MAX_DIRECT = 1 << 24
 
 _PROTO = 0x80
 # Opcodes followed by a little-endian length: opcode -> (name, width of the length, signed).
@@ -125,14 +131,78 @@ class Source:
 
 
 class _StreamReaderSource(Source):
-    """asyncio ``StreamReader``: it cannot take bytes back and its buffer has no public view,
-    so it is read exactly (``read(n)`` returns at most *n*, without waiting when buffered)."""
+    """asyncio ``StreamReader`` (also uvloop's connections).
+
+    Its public API can neither look at nor give back buffered bytes, and ``read(n)`` copies
+    every piece into new objects: on 1 GB of arrays, ``read`` in pieces made glibc hand the
+    churned 256 KiB blocks back and fault them in again (~2.5 GB of page faults), and `aload`
+    was slower than ``readexactly`` + ``pickle.loads``. So where the reader has the internals
+    CPython 3.10-3.13 give it (``_buffer``, the bytearray ``read`` consumes; ``_wait_for_data``;
+    ``_maybe_resume_transport``; ``_transport``), this source works as ``read`` does, on them:
+
+    * leftovers go back to the front of ``_buffer`` (``can_unread``: the loader may read ahead);
+    * a large payload is received straight into its final buffer: while it arrives the
+      transport's protocol is a `_DirectReceive` (a public ``BufferedProtocol``, which asyncio,
+      its SSL transport and uvloop all ``recv_into``), then the reader's protocol is back.
+
+    Otherwise the reader is read exactly through the public API (``read(n)`` returns at most
+    *n*, without waiting when buffered).
+    """
 
     def __init__(self, reader: asyncio.StreamReader) -> None:
         self.reader = reader
+        self.can_unread = _has_internals(reader)
 
     async def receive(self, max_bytes: int) -> bytes:
         return await self.reader.read(max_bytes)
+
+    async def receive_into(self, view: memoryview) -> int:
+        if not self.can_unread:
+            return await super().receive_into(view)
+        reader: Any = self.reader
+        if (exception := reader.exception()) is not None:
+            raise exception
+        if not reader._buffer and not reader.at_eof():
+            transport = self._transport() if len(view) >= DIRECT_MIN else None
+            if transport is not None:
+                return await self._receive_direct(transport, view[:MAX_DIRECT])
+            await reader._wait_for_data("readinto")
+        buffer: bytearray = reader._buffer
+        count = min(len(buffer), len(view))
+        with memoryview(buffer) as data:
+            view[:count] = data[:count]
+        del buffer[:count]
+        reader._maybe_resume_transport()
+        return count
+
+    def _transport(self) -> asyncio.BaseTransport | None:
+        """The reader's transport, if it feeds the reader through a ``StreamReaderProtocol``
+        (a ``StreamReader`` fed by hand has none; a subprocess pipe another protocol)."""
+        transport: Any = getattr(self.reader, "_transport", None)
+        # Duck-typed: uvloop's transports do not derive from asyncio's classes.
+        if not callable(getattr(transport, "set_protocol", None)):
+            return None
+        protocol = transport.get_protocol()
+        feeds_reader = getattr(protocol, "_stream_reader", None) is self.reader
+        if isinstance(protocol, asyncio.StreamReaderProtocol) and feeds_reader:
+            return transport  # type: ignore[no-any-return]
+        return None
+
+    async def _receive_direct(self, transport: asyncio.BaseTransport, view: memoryview) -> int:
+        reader: Any = self.reader
+        reader._maybe_resume_transport()  # its buffer is empty: it may have paused reading
+        direct = _DirectReceive(transport, view)
+        try:
+            await direct.done
+        finally:
+            direct.restore()
+        if not direct.count and (exception := reader.exception()) is not None:
+            raise exception
+        return direct.count
+
+    async def unread(self, data: bytes) -> None:
+        buffer: bytearray = self.reader._buffer  # type: ignore[attr-defined]
+        buffer[:0] = data
 
     async def receive_line(self, limits: Limits) -> bytes:
         # readuntil() stops at the newline; past the reader's own ``limit`` it leaves the
@@ -149,6 +219,77 @@ class _StreamReaderSource(Source):
                 continue
             limits.check("line", len(line) + len(rest), "max_line_length")
             return line + rest
+
+
+def _has_internals(reader: asyncio.StreamReader) -> bool:
+    """Whether *reader* has the internals `_StreamReaderSource` uses (CPython 3.10-3.13's)."""
+    return (
+        type(getattr(reader, "_buffer", None)) is bytearray
+        and callable(getattr(reader, "_wait_for_data", None))
+        and callable(getattr(reader, "_maybe_resume_transport", None))
+    )
+
+
+class _DirectReceive(asyncio.BufferedProtocol):
+    """Stands in for a ``StreamReader``'s protocol while the transport fills *view*, then
+    puts it back (`restore`): at once when *view* is full, at end of stream, or when the
+    connection is lost, handing those on to it. ``done`` is then set. Bytes that still reach
+    it once *view* is full go on to the reader: a transport may finish the chunk it has with
+    the protocol it began with (3.10's SSL transport does)."""
+
+    def __init__(self, transport: asyncio.BaseTransport, view: memoryview) -> None:
+        self.transport, self.view = transport, view
+        self.protocol: Any = transport.get_protocol()
+        self.count = 0
+        self.done = asyncio.get_running_loop().create_future()
+        self._spill: bytearray | None = None  # handed out by get_buffer once view is full
+        transport.set_protocol(self)
+
+    def restore(self) -> None:
+        if self.transport.get_protocol() is self:
+            self.transport.set_protocol(self.protocol)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def get_buffer(self, sizehint: int) -> memoryview | bytearray:
+        if self.count < len(self.view):
+            return self.view[self.count :]
+        self._spill = bytearray(sizehint if sizehint > 0 else READ_AHEAD)
+        return self._spill
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._spill is not None:
+            data, self._spill = bytes(self._spill[:nbytes]), None
+            self.protocol.data_received(data)
+            return
+        self.count += nbytes
+        if self.count == len(self.view):
+            self.restore()
+
+    def data_received(self, data: bytes) -> None:
+        """For transports that do not use ``get_buffer`` (pipes): the rest of *data*, past the
+        end of *view*, goes to the reader."""
+        take = min(len(data), len(self.view) - self.count)
+        self.view[self.count : self.count + take] = data[:take]
+        if take:
+            self.buffer_updated(take)
+        if take < len(data):
+            self.protocol.data_received(data[take:])
+
+    def eof_received(self) -> bool | None:
+        self.restore()
+        keep_open: bool | None = self.protocol.eof_received()
+        return keep_open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.restore()
+        self.protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.protocol.resume_writing()
 
 
 class _AnyioSource(Source):
@@ -508,21 +649,24 @@ async def aload(
     stdout) or ``BufferedByteReceiveStream``, a trio ``ReceiveStream``, or an aiofiles / anyio
     ``AsyncFile`` binary file; else ``TypeError``. No byte past the pickle's STOP is lost: the
     next ``aload`` on the same reader starts right after it. Streams that cannot take bytes back
-    (all but ``BufferedByteReceiveStream`` and seekable files) are read exactly what the
-    unpickler asks for: protocol 4/5 pickles cost a few receives per 64 KiB frame, but
-    protocols 0-3 cost a receive per opcode. To read many protocol 0-3 pickles from such a
-    stream, wrap it in ``anyio.streams.buffered.BufferedByteReceiveStream`` (and keep using the
-    wrapper) or use `PickleStream`. Large ``bytes``/``bytearray`` payloads are read into their
-    final buffer (``readinto`` on files, piecewise copies of at most `MAX_RECEIVE` bytes on
-    streams).
+    (all but ``BufferedByteReceiveStream``, seekable files and asyncio ``StreamReader``) are
+    read exactly what the unpickler asks for: protocol 4/5 pickles cost a few receives per
+    64 KiB frame, but protocols 0-3 cost a receive per opcode. To read many protocol 0-3
+    pickles from such a stream, wrap it in ``anyio.streams.buffered.BufferedByteReceiveStream``
+    (and keep using the wrapper) or use `PickleStream`. Large ``bytes``/``bytearray`` payloads
+    are read into their final buffer: ``readinto`` on files, ``recv_into`` by the transport of
+    an asyncio ``StreamReader`` (asyncio, uvloop, TLS), piecewise copies of at most
+    `MAX_RECEIVE` bytes on other streams. (The ``StreamReader`` paths use its private buffer
+    and transport, as CPython 3.10-3.13 and uvloop have them; a reader without them is read
+    through its public API, exactly.)
 
     Limits (``None`` disables one; each raises `LimitExceeded`, naming it, before the bytes are
     read or a buffer of the claimed size is allocated): *max_frame_size* for a protocol 4/5
     frame, *max_object_size* for the bytes the whole pickle spans, *max_line_length* for a
     line of the text opcodes. In a protocol 0-3 pickle (or one without a PROTO opcode) read
-    ahead from a ``BufferedByteReceiveStream`` or a seekable file, a ``BINBYTES``/``BINBYTES8``/
-    ``BYTEARRAY8`` header is parsed by the C unpickler from the read-ahead data, so the
-    unpickler allocates the claimed size (``MemoryError`` if impossible) before the payload
+    ahead from a ``BufferedByteReceiveStream``, a ``StreamReader`` or a seekable file, a
+    ``BINBYTES``/``BINBYTES8``/``BYTEARRAY8`` header is parsed by the C unpickler from the
+    read-ahead data, so the unpickler allocates the claimed size (``MemoryError`` if impossible) before the payload
     read is refused; frames are a protocol-4 feature and are only checked in protocol 4/5
     pickles, and in-frame lengths are only checked when their payload is read.
 

@@ -31,6 +31,7 @@ from ._readers import (
     Limits,
     Loader,
     Source,
+    _StreamReaderSource,
     new_requests,
 )
 from ._writers import Progress, write_chunks
@@ -60,6 +61,11 @@ class _TransportSource(Source):
                 return b""
         self._surplus = data[max_bytes:]
         return data[:max_bytes]
+
+    async def receive_into(self, view: memoryview) -> int:
+        if not self._surplus and isinstance(self.stream, _AsyncioByteStream):
+            return await self.stream.source.receive_into(view)  # straight into place
+        return await super().receive_into(view)
 
 
 @dataclass(eq=False)
@@ -246,6 +252,10 @@ class _AsyncioByteStream(ByteStream):
 
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    source: _StreamReaderSource = field(init=False)  # receives large payloads into place
+
+    def __post_init__(self) -> None:
+        self.source = _StreamReaderSource(self.reader)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         data = await self.reader.read(max_bytes)

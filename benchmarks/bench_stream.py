@@ -38,6 +38,7 @@ import pickle
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -449,6 +450,45 @@ def run_transfer(case: Case, verify: bool = False) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# The floor: what the standard library's own streaming load costs the receiver.
+
+
+def unpickle_floor(payload: str, megabytes: float, protocol: int = 5) -> dict[str, float]:
+    """Peak RSS increase of ``pickle.load`` from a file of the payload's pickle, in a fresh
+    process, and the object's own memory (as the sender measures it): what any receiver of
+    these bytes pays at least (for records, the C unpickler's memo: a pointer per memoized
+    object, held until the load ends)."""
+    with tempfile.TemporaryDirectory() as directory:
+        me = [sys.executable, str(Path(__file__).resolve()), f"--payload={payload}"]
+        me += [f"--mb={megabytes}", f"--protocol={protocol}", f"--file={directory}/p.pickle"]
+        made, loaded = (
+            json.loads(
+                subprocess.run(
+                    [*me, f"--role={role}"], capture_output=True, text=True, check=True, timeout=600
+                ).stdout
+            )
+            for role in ("dump", "load")
+        )
+    return {"object_mib": made["object_mib"], "load_rss_mib": loaded["rss_mib"]}
+
+
+def floor_role(args: argparse.Namespace) -> dict[str, float]:
+    """``--role dump``: build the payload, pickle it to ``--file``; ``--role load``: load it."""
+    build(args.payload, 0.001, args.protocol)  # imports numpy: not the object's memory
+    gc.collect()
+    before = current_rss_mib()
+    if args.role == "dump":
+        obj = build(args.payload, args.mb, args.protocol)
+        object_mib = current_rss_mib() - before
+        with open(args.file, "wb") as file:
+            pickle.dump(obj, file, args.protocol)
+        return {"object_mib": object_mib}
+    with open(args.file, "rb") as file:
+        pickle.load(file)
+    return {"rss_mib": max_rss_mib() - before}
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--backend", choices=BACKENDS, default="asyncio")
@@ -458,12 +498,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--protocol", type=int, default=5)
     parser.add_argument("--verify", action="store_true", help="compare whole pickles' digests")
     parser.add_argument("--blast", action="store_true", help="pickle first: receivers alone")
-    parser.add_argument("--role", choices=("send", "receive"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--role", choices=("send", "receive", "dump", "load"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)  # dump and load
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    if args.role in ("dump", "load"):
+        return print(json.dumps(floor_role(args)))
     if args.role:
         return role_main(args)
     case = Case(args.backend, args.method, args.payload, args.mb, args.protocol, args.blast)

@@ -42,8 +42,13 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
 def test_json_has_the_documented_keys(suite: tuple[Path, dict[str, Any], str]) -> None:
     _, report, _ = suite
     assert set(report) == {
-        "machine", "config", "transfers", "receivers", "concurrency", "targets", "plots"
+        "machine", "config", "transfers", "receivers", "floors", "concurrency", "targets", "plots"
     }  # fmt: skip
+    floors = {row["payload"]: row for row in report["floors"]}
+    assert set(floors) == {"records", "arrays"}
+    for row in floors.values():
+        assert set(row) == {"payload", "target_mb", "object_mib", "load_rss_mib"}
+        assert row["load_rss_mib"] > 0 and row["object_mib"] > 0
     assert report["config"]["repeat"] == 1 and report["machine"]["cpus"] >= 1
     cases = {(row["backend"], row["method"], row["payload"]) for row in report["transfers"]}
     assert cases == {(b, m, p) for b in BACKENDS for m in METHODS for p in ("records", "arrays")}
@@ -62,6 +67,7 @@ def test_json_has_the_documented_keys(suite: tuple[Path, dict[str, Any], str]) -
     assert receivers == cases and all(row["blast"] for row in report["receivers"])
     assert {row["issue"] for row in report["targets"]} == {3, 4}
     assert sum("receiver alone" in row["target"] for row in report["targets"]) == 2 * 2
+    assert sum("pickle.load from a file" in row["target"] for row in report["targets"]) == 2 * 2
     for row in report["targets"]:
         assert set(row) == {"issue", "target", "payload", "backend", "streampickle", "naive", "met"}
 

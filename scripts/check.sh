@@ -14,7 +14,10 @@ setup() {  # setup PYTHON VENV: create VENV with PYTHON and install the project 
 }
 
 setup "${PYTHON:-python3}" .venv
-echo "== ruff";   .venv/bin/ruff check . && .venv/bin/ruff format --check .
+# One command per line: under `set -e`, a failure on the left of `&&` would not stop the script.
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 echo "== mypy";   .venv/bin/mypy
 echo "== pytest ($(.venv/bin/python --version))"
 .venv/bin/python -m pytest -q "$@"

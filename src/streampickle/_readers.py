@@ -666,9 +666,10 @@ async def aload(
     line of the text opcodes. In a protocol 0-3 pickle (or one without a PROTO opcode) read
     ahead from a ``BufferedByteReceiveStream``, a ``StreamReader`` or a seekable file, a
     ``BINBYTES``/``BINBYTES8``/``BYTEARRAY8`` header is parsed by the C unpickler from the
-    read-ahead data, so the unpickler allocates the claimed size (``MemoryError`` if impossible) before the payload
-    read is refused; frames are a protocol-4 feature and are only checked in protocol 4/5
-    pickles, and in-frame lengths are only checked when their payload is read.
+    read-ahead data, so the unpickler allocates the claimed size (``MemoryError`` if
+    impossible) before the payload read is refused; frames are a protocol-4 feature and are
+    only checked in protocol 4/5 pickles, and in-frame lengths are only checked when their
+    payload is read.
 
     ``progress(bytes_read)`` is called as the pickle is read, with the number of its bytes read
     so far (strictly increasing: after each frame or opcode the unpickler takes, and after each

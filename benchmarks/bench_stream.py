@@ -98,6 +98,15 @@ def build(payload: str, megabytes: float, protocol: int) -> Any:
     return [numpy.full(size, i, numpy.uint8) for i in range(ARRAYS)]  # every page touched
 
 
+def build_measured(payload: str, megabytes: float, protocol: int) -> tuple[Any, float]:
+    """`build`, and the memory (MiB) the object itself takes (numpy's import excluded)."""
+    build(payload, 0.001, protocol)  # imports numpy: not the object's memory
+    gc.collect()
+    before = current_rss_mib()
+    obj = build(payload, megabytes, protocol)
+    return obj, current_rss_mib() - before
+
+
 def fingerprint(obj: Any, verify: bool, protocol: int) -> str:
     """A digest both ends compute: of the whole re-pickled object with *verify* (costs a
     pickle's worth of memory, after the measurement), else of its shape and a few values."""
@@ -369,10 +378,7 @@ async def receive(case: Case, announce: Callable[[int], None]) -> tuple[Any, dic
 def role_main(args: argparse.Namespace) -> None:
     case = Case(args.backend, args.method, args.payload, args.mb, args.protocol, args.blast)
     if args.role == "send":
-        build(case.payload, 0.001, case.protocol)  # imports numpy: not the object's memory
-        before = current_rss_mib()
-        obj = build(case.payload, case.megabytes, case.protocol)
-        object_mib = current_rss_mib() - before  # what the object itself takes in memory
+        obj, object_mib = build_measured(case.payload, case.megabytes, case.protocol)
         port = int(sys.stdin.readline())  # from the receiver, once it listens
         result = run_async(case.backend, lambda: send(case, obj, port))
         result["object_mib"] = object_mib
@@ -475,15 +481,14 @@ def unpickle_floor(payload: str, megabytes: float, protocol: int = 5) -> dict[st
 
 def floor_role(args: argparse.Namespace) -> dict[str, float]:
     """``--role dump``: build the payload, pickle it to ``--file``; ``--role load``: load it."""
-    build(args.payload, 0.001, args.protocol)  # imports numpy: not the object's memory
-    gc.collect()
-    before = current_rss_mib()
     if args.role == "dump":
-        obj = build(args.payload, args.mb, args.protocol)
-        object_mib = current_rss_mib() - before
+        obj, object_mib = build_measured(args.payload, args.mb, args.protocol)
         with open(args.file, "wb") as file:
             pickle.dump(obj, file, args.protocol)
         return {"object_mib": object_mib}
+    build(args.payload, 0.001, args.protocol)  # imports numpy: not the object's memory
+    gc.collect()
+    before = current_rss_mib()
     with open(args.file, "rb") as file:
         pickle.load(file)
     return {"rss_mib": max_rss_mib() - before}

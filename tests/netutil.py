@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -51,3 +53,23 @@ async def while_sending(data: bytes, receive: Callable[[SocketStream], Awaitable
     if error is not None:
         raise error
     return result
+
+
+@asynccontextmanager
+async def asyncio_pipe() -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """The two ends of an OS pipe as an asyncio ``StreamReader`` and ``StreamWriter`` (on the
+    running loop's pipe transports); both closed on exit."""
+    loop = asyncio.get_running_loop()
+    read_fd, write_fd = os.pipe()
+    reader = asyncio.StreamReader()
+    source, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0)
+    )
+    protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader())  # drain()'s flow control
+    transport, _ = await loop.connect_write_pipe(lambda: protocol, os.fdopen(write_fd, "wb"))
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    try:
+        yield reader, writer
+    finally:
+        writer.close()
+        source.close()

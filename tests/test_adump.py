@@ -37,6 +37,7 @@ from anyio.abc import ByteReceiveStream, SocketStream, UNIXSocketStream
 from anyio.streams.tls import TLSStream
 
 import streampickle
+from netutil import asyncio_pipe
 from streampickle._writers import MAX_WRITE
 
 pytestmark = pytest.mark.anyio
@@ -295,20 +296,8 @@ async def test_asyncio_subprocess_stdin() -> None:
 
 @ASYNCIO_LOOPS
 async def test_asyncio_write_pipe() -> None:
-    loop = asyncio.get_running_loop()
-    read_fd, write_fd = os.pipe()
-    reader = asyncio.StreamReader()
-    source, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb")
-    )
-    protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader())  # drain()'s flow control
-    transport, _ = await loop.connect_write_pipe(lambda: protocol, os.fdopen(write_fd, "wb"))
-    writer = asyncio.StreamWriter(transport, protocol, None, loop)
-    try:
+    async with asyncio_pipe() as (reader, writer):
         received = await dump_and_collect(writer, reader.readexactly)
-    finally:
-        writer.close()
-        source.close()
     assert received == EXPECTED
 
 

@@ -9,7 +9,6 @@ asyncio and on uvloop, over TCP, TLS, a Unix socket and a pipe (whose transport 
 from __future__ import annotations
 
 import asyncio
-import os
 import pickle
 import socket
 import ssl
@@ -23,6 +22,7 @@ import anyio
 import numpy
 import pytest
 
+from netutil import asyncio_pipe
 from streampickle import PickleStream, _readers, aiter_load, aload
 from streampickle._readers import DIRECT_MIN, MAX_DIRECT, _StreamReaderSource
 
@@ -46,7 +46,7 @@ def payloads() -> list[Any]:
     """Objects with payloads above `DIRECT_MIN` (one above `MAX_DIRECT`), between small ones."""
     return [
         {"small": [1, 2, 3]},
-        b"b" * (MAX_DIRECT + (1 << 20)),  # more than one direct piece
+        b"b" * (2 * MAX_DIRECT),  # more than one direct piece
         numpy.arange(DIRECT_MIN, dtype=numpy.int16),  # 2 * DIRECT_MIN, as a PickleBuffer
         bytearray(b"q" * (DIRECT_MIN - 1)),  # just too small: through the reader's buffer
         "x" * 70_000,
@@ -90,21 +90,9 @@ class Connection:
 async def connection(
     kind: str, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext], tmp_path: Path
 ) -> AsyncIterator[Connection]:
-    loop = asyncio.get_running_loop()
     if kind == "pipe":
-        read_fd, write_fd = os.pipe()
-        reader = asyncio.StreamReader()
-        source, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0)
-        )
-        protocol = asyncio.StreamReaderProtocol(asyncio.StreamReader())  # drain()'s flow control
-        transport, _ = await loop.connect_write_pipe(lambda: protocol, os.fdopen(write_fd, "wb"))
-        peer = asyncio.StreamWriter(transport, protocol, None, loop)
-        try:
+        async with asyncio_pipe() as (reader, peer):
             yield Connection(reader, None, None, peer)
-        finally:
-            peer.close()
-            source.close()
         return
     peers: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
 
@@ -173,7 +161,8 @@ async def test_large_payloads_land_in_place(
                 assert await conn.reader.readexactly(len(TAIL)) == TAIL
             protocol = conn.transport.get_protocol()
     assert same(got, objs)
-    # What the reader had buffered when a payload began is copied from its buffer (< 1 MiB);
+    # What the reader had buffered when a payload began is copied from its buffer (a few MiB
+    # at most: TLS hands over what it decrypted in one go);
     # the rest came in directly, in pieces of at most MAX_DIRECT. The reader has its
     # protocol back.
     assert max(direct_pieces) == MAX_DIRECT

@@ -38,7 +38,7 @@ from anyio.streams.tls import TLSStream
 
 import streampickle
 from netutil import asyncio_pipe
-from streampickle._writers import MAX_WRITE
+from streampickle._sansio import PIECE_SIZE as MAX_WRITE
 
 pytestmark = pytest.mark.anyio
 

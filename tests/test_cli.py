@@ -378,9 +378,10 @@ def check_demo(document: dict[str, Any], backend: str, size: int) -> None:
 
 
 def demo_records(count: int) -> Any:
-    from streampickle._cli import _build, _parser
+    from streampickle._cli import parser
+    from streampickle._cli.demo import _build
 
-    return _build(_parser().parse_args(["demo", "--records", str(count)]))
+    return _build(parser().parse_args(["demo", "--records", str(count)]))
 
 
 BACKENDS = ["asyncio", "trio", pytest.param("uvloop", marks=pytest.mark.skipif(

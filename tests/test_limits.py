@@ -209,7 +209,7 @@ def test_limits_need_allow() -> None:
         streampickle.loads(pickle.dumps(1), max_opcodes=10)
     with pytest.raises(TypeError, match="allow="):
         streampickle.Unpickler(None, max_frame_size=10)
-    assert Limits().max_opcodes == streampickle._policy.DEFAULT_MAX_OPCODES
+    assert Limits().max_opcodes == streampickle._limits.DEFAULT_MAX_OPCODES
 
 
 def test_a_stream_is_refused_for_good_after_a_limit() -> None:
@@ -303,7 +303,7 @@ def test_allowed_calls_are_bounded_by_what_was_received(name: str) -> None:
     peak = peak_memory(lambda: streampickle.loads(data, allow=POLICY))
     assert refused.value.limit == "max_expansion"
     assert "max_expansion (65536)" in str(refused.value)
-    assert refused.value.size > refused.value.maximum == streampickle._policy.DEFAULT_MAX_EXPANSION
+    assert refused.value.size > refused.value.maximum == streampickle._limits.DEFAULT_MAX_EXPANSION
     assert peak < (2 << 20) + 3 * len(data)
 
 

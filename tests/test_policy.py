@@ -41,9 +41,11 @@ from streampickle import (
     Read,
     ReadInto,
     ReadLine,
-    _policy,
     required_globals,
 )
+from streampickle._limits import Limits
+from streampickle._policy import rules as policy_rules
+from streampickle._policy.allowlist import map_python2
 
 EVERYTHING = ALLOW_BUILTINS | ALLOW_COLLECTIONS | ALLOW_DATETIME | ALLOW_DECIMAL
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
@@ -276,18 +278,18 @@ def test_every_opcode_has_a_model() -> None:
     """The vetting pass models each opcode of this Python's pickletools; the fallback for an
     opcode added later has the stack effect pickletools documents."""
     names = {opcode.name for opcode in pickletools.opcodes}
-    assert set(_policy._MODEL) == names
+    assert set(policy_rules._MODEL) == names
     for name in ("APPENDS", "TUPLE2", "STOP", "BUILD", "POP_MARK", "REDUCE"):
-        rules = _policy._Rules(_policy.Limits())
+        rules = policy_rules.Rules(Limits())
         rules.stack = ["a", "b", "c"]
         rules.marks, rules.fence = [1], 1
         try:
-            _policy._unknown_opcode(rules, name, None, 0, 1)
+            policy_rules._unknown_opcode(rules, name, None, 0, 1)
         except pickle.UnpicklingError:
             pytest.fail(f"the fallback underflows on {name}")
-        expected = _policy._Rules(_policy.Limits())
+        expected = policy_rules.Rules(Limits())
         expected.stack, expected.marks, expected.fence = ["a", "b", "c"], [1], 1
-        _policy._MODEL[name](expected, name, None, 0, 1)
+        policy_rules._MODEL[name](expected, name, None, 0, 1)
         assert (len(rules.stack), len(rules.marks)) == (len(expected.stack), len(expected.marks))
 
 
@@ -676,7 +678,7 @@ def test_required_globals_matches_what_find_class_is_asked(protocol: int) -> Non
     recorder.load()
     assert required_globals(data, fix_imports=False) == recorder.found
     assert required_globals(io.BytesIO(data + b"more")) == [
-        streampickle._policy._map_python2(module, name, True) for module, name in recorder.found
+        map_python2(module, name, True) for module, name in recorder.found
     ]
 
 

@@ -23,8 +23,10 @@ import numpy
 import pytest
 
 from netutil import asyncio_pipe
-from streampickle import PickleStream, _readers, aiter_load, aload
-from streampickle._readers import DIRECT_MIN, MAX_DIRECT, _StreamReaderSource
+from streampickle import PickleStream, aiter_load, aload
+from streampickle._adapters import _asyncio as _readers
+from streampickle._adapters._asyncio import DIRECT_MIN, MAX_DIRECT
+from streampickle._adapters._asyncio import StreamReaderSource as _StreamReaderSource
 
 pytestmark = [
     pytest.mark.anyio,

@@ -15,34 +15,16 @@ from pickle import (
     UnpicklingError,
 )
 
+from ._async import adump, aiter_load, aload
 from ._auth import authenticate
-from ._engine import Chunk, Peek, Read, ReadInto, ReadLine, Request
-from ._exceptions import AuthenticationError, LimitExceeded
-from ._pickler import (
-    Pickler,
-    Unpickler,
-    drive_load,
-    dump,
-    dumps,
-    iter_dumps,
-    iter_loads,
-    load,
-    loads,
-)
-from ._policy import (
-    ALLOW_BUILTINS,
-    ALLOW_COLLECTIONS,
-    ALLOW_DATETIME,
-    ALLOW_DECIMAL,
-    Allowlist,
-    ForbiddenGlobal,
-    Limits,
-    PolicyViolation,
-    required_globals,
-)
-from ._readers import aiter_load, aload
+from ._exceptions import AuthenticationError, ForbiddenGlobal, LimitExceeded, PolicyViolation
+from ._globals import required_globals
+from ._limits import Limits
+from ._pickler import Pickler, dump, dumps, iter_dumps
+from ._policy import ALLOW_BUILTINS, ALLOW_COLLECTIONS, ALLOW_DATETIME, ALLOW_DECIMAL, Allowlist
+from ._sansio import Chunk, Peek, Read, ReadInto, ReadLine, Request
 from ._stream import PickleStream
-from ._writers import adump
+from ._unpickler import Unpickler, drive_load, iter_loads, load, loads
 
 __all__ = [
     "ALLOW_BUILTINS",

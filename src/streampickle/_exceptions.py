@@ -1,10 +1,10 @@
-"""Errors raised by streampickle's async readers, beyond those of ``pickle``."""
+"""Every error type streampickle raises beyond those of ``pickle``."""
 
 from __future__ import annotations
 
 import pickle
 
-__all__ = ["AuthenticationError", "LimitExceeded"]
+__all__ = ["AuthenticationError", "ForbiddenGlobal", "LimitExceeded", "PolicyViolation"]
 
 
 class LimitExceeded(pickle.UnpicklingError):
@@ -36,3 +36,29 @@ class AuthenticationError(Exception):
     before authenticating, an oversized or malformed message), or ends the stream during the
     handshake. Nothing the peer sent has been unpickled.
     """
+
+
+class PolicyViolation(pickle.UnpicklingError):
+    """A restricted load refused the pickle: an opcode or framing the policy does not allow.
+
+    ``position`` is the byte offset of the offending opcode in the stream, when known.
+    """
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+
+
+class ForbiddenGlobal(PolicyViolation):
+    """The pickle references a global that the allowlist does not permit.
+
+    Raised before the global's module is imported (except when the pair is listed but resolves
+    to a module object or to a known-dangerous object under another name, which can only be
+    found out by resolving it). ``module`` and ``name`` are the names as judged, that is after
+    the ``fix_imports`` mapping of Python 2 names.
+    """
+
+    def __init__(self, module: str, name: str, reason: str = "is not in the allowlist") -> None:
+        super().__init__(f"global {module}.{name} {reason}")
+        self.module = module
+        self.name = name

@@ -1,11 +1,11 @@
 """`streampickle inspect`: a frame-aware view of pickles written back to back in a file.
 
-The input is parsed opcode by opcode (``pickletools.genops`` through `_policy`'s parser) as it
-is read, so memory holds one opcode at a time, never the file: ``bytes``/``bytearray``
-payloads of `SKIP_OVER` bytes or more are read in pieces and dropped (their size is all that
-is reported), frames are not buffered at all. What grows with the input is the symbolic memo
-that follows names through the memo for STACK_GLOBAL (one entry per memoized object, as in
-`required_globals`), and ``str`` payloads, which are decoded whole.
+The input is parsed opcode by opcode (``pickletools.genops``, through the opcode walk of
+`_opcodes`) as it is read, so memory holds one opcode at a time, never the file:
+``bytes``/``bytearray`` payloads of `SKIP_OVER` bytes or more are read in pieces and dropped
+(their size is all that is reported), frames are not buffered at all. What grows with the
+input is the symbolic memo that follows names through the memo for STACK_GLOBAL (one entry per
+memoized object, as in `required_globals`), and ``str`` payloads, which are decoded whole.
 """
 
 from __future__ import annotations
@@ -18,25 +18,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from ._policy import (
-    _PAYLOAD_HEADERS,
-    Pair,
-    _is_dangerous,
-    _opcodes_and_globals,
-)
+from ._globals import opcodes_and_globals
+from ._opcodes import LENGTH_FIELDS
+from ._policy import Pair, is_dangerous
+from ._sansio import PIECE_SIZE
 
 __all__ = ["LARGE_PAYLOAD", "SKIP_OVER", "PickleReport", "Stats", "inspect_stream"]
 
 #: Payloads of at least this many bytes are reported as large: from this size on CPython's
 #: picklers write a payload outside the protocol-4 frames, as its own write.
 LARGE_PAYLOAD = 1 << 16
-#: Payloads of at least this many bytes are read in pieces of `_PIECE`; ``bytes`` and
+#: Payloads of at least this many bytes are read in pieces of `PIECE_SIZE`; ``bytes`` and
 #: ``bytearray`` ones are dropped as they are read, never held.
 SKIP_OVER = 1 << 20
-_PIECE = 1 << 20
 
-#: Opcodes carrying a length-prefixed payload, and the size of opcode plus length field.
-_PAYLOADS = {**_PAYLOAD_HEADERS, "BINSTRING": 5}
+#: Opcodes carrying a ``bytes``/``str`` payload with a 4- or 8-byte length, and the size of
+#: opcode plus length field (long ints and the 1-byte lengths are never large payloads).
+_PAYLOADS = {
+    name: 1 + field.width
+    for name, field in LENGTH_FIELDS.items()
+    if field.width >= 4 and name != "LONG4"
+}
 #: The opcodes whose payloads `_Input` may skip (a ``str`` payload is decoded: it could be
 #: the name of a global).
 _SKIPPABLE = {pickle.BINBYTES, pickle.BINBYTES8, pickle.BYTEARRAY8}
@@ -77,7 +79,7 @@ class PickleReport:
     @property
     def dangerous_globals(self) -> list[Pair]:
         """The globals an `Allowlist` refuses unless ``allow_dangerous=True``."""
-        return [pair for pair in self.globals if _is_dangerous(*pair)]
+        return [pair for pair in self.globals if is_dangerous(*pair)]
 
     def allowlist_source(self) -> str:
         """Python source of the `Allowlist` this pickle needs, ready to paste."""
@@ -146,7 +148,7 @@ class _Input:
         self._ahead = b""
         count = len(pieces[0])
         while count < size:
-            piece = self._file.read(min(_PIECE, size - count))
+            piece = self._file.read(min(PIECE_SIZE, size - count))
             if not piece:
                 break
             count += len(piece)
@@ -185,7 +187,7 @@ def inspect_stream(file: BinaryIO, *, fix_imports: bool = True) -> Iterator[Pick
 def _inspect_one(source: _Input, fix_imports: bool) -> PickleReport:
     report = PickleReport(offset=source.position)
     found: dict[Pair, None] = {}
-    for opcode, arg, start, end, pair in _opcodes_and_globals(source, fix_imports):
+    for opcode, arg, start, end, pair in opcodes_and_globals(source, fix_imports):
         report.opcodes[opcode.name] += 1
         _note(report, opcode, arg, end - start)
         if pair is not None:

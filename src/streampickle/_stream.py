@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import pickle
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -11,61 +10,29 @@ from typing import Any
 
 import anyio
 from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
-from anyio.abc import AnyByteStream, ByteReceiveStream, ByteStream, ObjectStream
+from anyio.abc import AnyByteStream, ByteStream, ObjectStream
 
+from ._adapters import AsyncioByteStream, TransportSource, TrioByteStream
 from ._auth import authenticate
-from ._engine import Chunk
-from ._pickler import iter_dumps
-from ._policy import (
+from ._dump import write_chunks
+from ._limits import (
     DEFAULT_MAX_EXPANSION,
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_LINE_LENGTH,
     DEFAULT_MAX_MEMO_SIZE,
+    DEFAULT_MAX_OBJECT_SIZE,
     DEFAULT_MAX_OPCODES,
     DEFAULT_MAX_PAYLOAD_SIZE,
     DEFAULT_MAX_STACK_DEPTH,
-    AllowSpec,
-)
-from ._readers import (
-    DEFAULT_MAX_FRAME_SIZE,
-    DEFAULT_MAX_LINE_LENGTH,
-    DEFAULT_MAX_OBJECT_SIZE,
     Limits,
-    Loader,
-    Source,
-    _StreamReaderSource,
-    new_requests,
 )
-from ._writers import Progress, write_chunks
+from ._load import Loader
+from ._pickler import iter_dumps
+from ._policy import AllowSpec
+from ._sansio import Chunk, Progress
+from ._unpickler import LoadOptions
 
 __all__ = ["PickleStream"]
-
-
-class _TransportSource(Source):
-    """A `PickleStream` owns its transport, so its loader may always read ahead: leftovers
-    stay in the loader's buffer for the next object."""
-
-    can_unread = True
-
-    def __init__(self, stream: AnyByteStream) -> None:
-        self.stream = stream
-        self._surplus = b""  # an object stream's chunk can be longer than asked for
-
-    async def receive(self, max_bytes: int) -> bytes:
-        data = self._surplus
-        if not data:
-            try:
-                if isinstance(self.stream, ByteReceiveStream):
-                    data = await self.stream.receive(max_bytes)
-                else:
-                    data = await self.stream.receive()
-            except EndOfStream:
-                return b""
-        self._surplus = data[max_bytes:]
-        return data[:max_bytes]
-
-    async def receive_into(self, view: memoryview) -> int:
-        if not self._surplus and isinstance(self.stream, _AsyncioByteStream):
-            return await self.stream.source.receive_into(view)  # straight into place
-        return await super().receive_into(view)
 
 
 @dataclass(eq=False)
@@ -111,6 +78,7 @@ class PickleStream(ObjectStream[Any]):
     max_opcodes: int | None = DEFAULT_MAX_OPCODES
     max_stack_depth: int | None = DEFAULT_MAX_STACK_DEPTH
     max_expansion: int | None = DEFAULT_MAX_EXPANSION
+    _options: LoadOptions = field(init=False, repr=False)
     _loader: Loader = field(init=False, repr=False)
     _send_lock: anyio.Lock = field(init=False, repr=False, default_factory=anyio.Lock)
     _receive_lock: anyio.Lock = field(init=False, repr=False, default_factory=anyio.Lock)
@@ -121,16 +89,19 @@ class PickleStream(ObjectStream[Any]):
 
     def __post_init__(self) -> None:
         limits = Limits(
-            self.max_frame_size,
-            self.max_object_size,
-            self.max_line_length,
-            self.max_payload_size,
-            self.max_memo_size,
-            self.max_opcodes,
-            self.max_stack_depth,
-            self.max_expansion,
+            max_frame_size=self.max_frame_size,
+            max_object_size=self.max_object_size,
+            max_line_length=self.max_line_length,
+            max_payload_size=self.max_payload_size,
+            max_memo_size=self.max_memo_size,
+            max_opcodes=self.max_opcodes,
+            max_stack_depth=self.max_stack_depth,
+            max_expansion=self.max_expansion,
         )
-        self._loader = Loader(_TransportSource(self.transport_stream), limits)
+        self._options = LoadOptions(
+            unpickler_class=self.unpickler_class, allow=self.allow, limits=limits
+        )
+        self._loader = Loader(TransportSource(self.transport_stream))
 
     @classmethod
     async def authenticated(
@@ -159,13 +130,13 @@ class PickleStream(ObjectStream[Any]):
     ) -> PickleStream:
         """A `PickleStream` over an asyncio ``(StreamReader, StreamWriter)`` pair (as from
         ``asyncio.open_connection``); *options* are those of the constructor."""
-        return cls(_AsyncioByteStream(reader, writer), **options)
+        return cls(AsyncioByteStream(reader, writer), **options)
 
     @classmethod
     def from_trio(cls, stream: Any, **options: Any) -> PickleStream:
         """A `PickleStream` over a trio ``Stream`` (``trio.SocketStream``, ``trio.SSLStream``,
         ``trio.StapledStream``...); *options* are those of the constructor."""
-        return cls(_TrioByteStream(stream), **options)
+        return cls(TrioByteStream(stream), **options)
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -218,11 +189,8 @@ class PickleStream(ObjectStream[Any]):
                     "that pickle is still on the stream, so nothing more can be received"
                 )
             loader = self._loader
-            requests = new_requests(
-                True, "ASCII", "strict", None, self.unpickler_class, self.allow, loader.limits
-            )
             try:
-                return await loader.load(requests, progress)
+                return await loader.load(self._options.requests(), progress)
             except BaseException as exc:
                 self._receive_broken = loader.consumed > 0
                 if isinstance(exc, (EOFError, pickle.UnpicklingError)) and loader.eof:
@@ -240,75 +208,3 @@ class PickleStream(ObjectStream[Any]):
     async def aclose(self) -> None:
         self._closed = True
         await self.transport_stream.aclose()
-
-
-# ---------------------------------------------------------------------------------------------
-# anyio ByteStreams over asyncio and trio streams.
-
-
-@dataclass(eq=False)
-class _AsyncioByteStream(ByteStream):
-    """An anyio ``ByteStream`` over an asyncio ``StreamReader``/``StreamWriter`` pair."""
-
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    source: _StreamReaderSource = field(init=False)  # receives large payloads into place
-
-    def __post_init__(self) -> None:
-        self.source = _StreamReaderSource(self.reader)
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        data = await self.reader.read(max_bytes)
-        if not data:
-            raise EndOfStream
-        return data
-
-    async def send(self, item: bytes) -> None:
-        if self.writer.is_closing():
-            raise BrokenResourceError("the asyncio transport is closing")
-        self.writer.write(item)
-        await self.writer.drain()
-
-    async def send_eof(self) -> None:
-        self.writer.write_eof()
-
-    async def aclose(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):  # a reset connection is closed all the same
-            await self.writer.wait_closed()
-
-
-@dataclass(eq=False)
-class _TrioByteStream(ByteStream):
-    """An anyio ``ByteStream`` over a trio ``Stream``; trio's resource errors become anyio's."""
-
-    stream: Any
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        import trio
-
-        try:
-            data: bytes = await self.stream.receive_some(max_bytes)
-        except trio.ClosedResourceError as exc:
-            raise ClosedResourceError from exc
-        except trio.BrokenResourceError as exc:
-            raise BrokenResourceError from exc
-        if not data:
-            raise EndOfStream
-        return data
-
-    async def send(self, item: bytes) -> None:
-        import trio
-
-        try:
-            await self.stream.send_all(item)
-        except trio.ClosedResourceError as exc:
-            raise ClosedResourceError from exc
-        except trio.BrokenResourceError as exc:
-            raise BrokenResourceError from exc
-
-    async def send_eof(self) -> None:
-        await self.stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()

@@ -1,78 +1,28 @@
-"""The command line: ``streampickle demo`` and ``streampickle inspect`` (`main`).
-
-Output contract, for scripts: results go to stdout (a table, or one JSON document with
-``--json``); progress and errors go to stderr. An error is one line,
-``streampickle <command>: error: <what>``, and exit status 1; a usage error is argparse's, with
-status 2.
-"""
+"""``streampickle demo``: stream a large object over loopback, then the naive way."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import pickle
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, TextIO
 
 import anyio
 from anyio.abc import ByteReceiveStream, SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from ._inspect import LARGE_PAYLOAD, PickleReport, Stats, inspect_stream
-from ._readers import aload
-from ._writers import Progress, adump
+from .._async import adump, aload
+from .._sansio import Progress
+from .common import CommandError, positive
 
-__all__ = ["main"]
-
-
-class CommandError(Exception):
-    """A failure to report as one line on stderr, with exit status 1."""
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with *argv* (``sys.argv[1:]`` by default); return the exit status:
-    0 on success, 1 on an error (reported as one line on stderr), 2 on a usage error."""
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2): already printed
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
-        status: int = args.run(args)
-    except (CommandError, OSError, pickle.UnpicklingError) as exc:
-        print(f"streampickle {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return status
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-# ---------------------------------------------------------------------------------------------
-# Arguments
-
-_DESCRIPTION = """\
-streampickle streams pickles through async byte streams (asyncio, uvloop, trio) frame by
-frame, with backpressure and memory bounded by a frame.
-
-commands:
-  demo     stream a large object over loopback TCP with adump/aload, then the naive way, and
-           compare wall time, peak memory, event-loop stalls and time to first byte
-  inspect  show what is inside a pickle file (or pickles back to back): protocol, frames,
-           large payloads, opcodes, and the Allowlist of globals it needs to load
-
-Results go to stdout (--json for one JSON document), progress and errors to stderr. Errors
-are one line and exit with status 1; usage errors exit with status 2."""
+__all__ = ["add_parser", "run"]
 
 _DEMO_HELP = """\
 A server and a client run on one event loop in this process, on 127.0.0.1. The client sends
@@ -100,179 +50,37 @@ measured, per way:
 "results" maps "streampickle" and "naive" to {"bytes", "wall_s", "peak_memory_mb",
 "max_stall_ms", "first_byte_ms", "intact"}."""
 
-_INSPECT_HELP = f"""\
-Reads FILE (or stdin for "-") sequentially, one opcode at a time; bytes payloads of 1 MiB
-or more are skipped over, never held, so files larger than memory can be inspected. For each
-pickle, in order: its offset and size, its protocol, its frames (count, smallest, largest,
-total), its large payloads (bytes, str or buffers of {LARGE_PAYLOAD:,} bytes or more, which a
-protocol 4/5 pickler writes outside frames), its out-of-band buffers (protocol 5), its opcode
-counts, and the globals it references: the Allowlist needed to load it with
-streampickle.load(..., allow=...), printed as Python source to paste. Nothing is imported or
-unpickled.
 
---json prints {{"pickles": [...], "count", "total_bytes", "error"}}; each pickle has "offset",
-"size", "protocol", "frames" and "large_payloads" ({{"count", "min", "max", "total"}}, and
-"sizes" for payloads), "out_of_band_buffers", "opcodes" ({{name: count}}), "opcode_count",
-"globals" ([[module, name], ...]), "dangerous_globals" and "allowlist".
-
-A malformed, truncated or empty input prints what was read before the error (the JSON
-document then has "error" set), the error as one line on stderr, and exits with status 1."""
-
-
-def _parser() -> argparse.ArgumentParser:
+def add_parser(commands: Any) -> None:
+    """Add the command to *commands* (argparse subparsers)."""
     raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
-        prog="streampickle", description=_DESCRIPTION, formatter_class=raw
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser(
+    sub = commands.add_parser(
         "demo", help="compare streaming with the naive way", description=_DEMO_HELP,
         formatter_class=raw,
     )  # fmt: skip
-    demo.add_argument(
+    sub.add_argument(
         "--backend", choices=("asyncio", "uvloop", "trio"), default="asyncio",
         help="event loop (default: asyncio)",
     )  # fmt: skip
-    demo.add_argument(
+    sub.add_argument(
         "--payload", choices=("records", "arrays"), default="records",
         help="records: a graph of small dicts; arrays: numpy arrays (needs numpy)",
     )  # fmt: skip
-    demo.add_argument(
-        "--records", type=_positive, default=1_000_000, metavar="N",
+    sub.add_argument(
+        "--records", type=positive, default=1_000_000, metavar="N",
         help="records in the graph (default: 1,000,000, about 50 MB pickled)",
     )  # fmt: skip
-    demo.add_argument(
-        "--mb", type=_positive, default=100, metavar="N",
+    sub.add_argument(
+        "--mb", type=positive, default=100, metavar="N",
         help="megabytes of arrays for --payload arrays (default: 100)",
     )  # fmt: skip
-    demo.add_argument(
+    sub.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="show the progress line on stderr (default: when stderr is a terminal)",
     )  # fmt: skip
-    demo.add_argument("--json", action="store_true", help="print the results as JSON")
-    demo.set_defaults(run=_run_demo)
-    inspect = commands.add_parser(
-        "inspect", help="show what is inside a pickle file", description=_INSPECT_HELP,
-        formatter_class=raw,
-    )  # fmt: skip
-    inspect.add_argument("file", metavar="FILE", help='a file of pickles, or "-" for stdin')
-    inspect.add_argument(
-        "--no-fix-imports", dest="fix_imports", action="store_false",
-        help="list Python 2 global names as written, not as pickle maps them",
-    )  # fmt: skip
-    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
-    inspect.set_defaults(run=_run_inspect)
-    return parser
+    sub.add_argument("--json", action="store_true", help="print the results as JSON")
+    sub.set_defaults(run=run)
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
-
-
-# ---------------------------------------------------------------------------------------------
-# inspect
-
-
-def _run_inspect(args: argparse.Namespace) -> int:
-    with _open_input(args.file) as file:
-        reports = inspect_stream(file, fix_imports=args.fix_imports)
-        if args.json:
-            return _inspect_json(reports)
-        return _inspect_text(reports)
-
-
-@contextlib.contextmanager
-def _open_input(path: str) -> Iterator[BinaryIO]:
-    """*path* opened for binary reading, or stdin's binary buffer (left open) for ``-``."""
-    if path == "-":
-        yield sys.stdin.buffer
-        return
-    with Path(path).open("rb") as file:
-        yield file
-
-
-def _inspect_text(reports: Iterator[PickleReport]) -> int:
-    count = total = 0
-    for count, report in enumerate(reports, 1):
-        total += report.size
-        print("\n".join(_describe(count, report)), flush=True)
-    print(f"total: {count:,} pickle{'s' * (count != 1)}, {total:,} bytes")
-    return 0
-
-
-def _describe(number: int, report: PickleReport) -> Iterator[str]:
-    yield (
-        f"pickle {number}: offset {report.offset:,}, {report.size:,} bytes, "
-        f"protocol {report.protocol}"
-    )
-    yield f"  frames: {_stats(report.frames)}"
-    payloads = _stats(report.large_payloads)
-    if report.payload_sizes:
-        shown = ", ".join(f"{size:,}" for size in report.payload_sizes[:8])
-        more = ", ..." if len(report.payload_sizes) > 8 else ""
-        payloads += f"; sizes {shown}{more}"
-    yield f"  large payloads: {payloads}"
-    yield f"  out-of-band buffers: {report.out_of_band_buffers}"
-    yield f"  opcodes: {sum(report.opcodes.values()):,}"
-    width = max(map(len, report.opcodes))
-    for name, times in report.opcodes.most_common():
-        yield f"    {name:{width}}  {times:>12,}"
-    if not report.globals:
-        yield "  globals: none (it loads even under allow=[])"
-        return
-    yield f"  globals: {len(report.globals)}; the allowlist it needs:"
-    yield f"    {report.allowlist_source()}"
-    for module, name in report.dangerous_globals:
-        yield f"    warning: {module}.{name} is known to be dangerous (it can run code)"
-
-
-def _stats(stats: Stats) -> str:
-    if not stats.count:
-        return "none"
-    sizes = f"smallest {stats.min:,}, largest {stats.max:,}, total {stats.total:,} bytes"
-    return f"{stats.count:,} ({sizes})"
-
-
-def _inspect_json(reports: Iterator[PickleReport]) -> int:
-    pickles: list[dict[str, Any]] = []
-    error: BaseException | None = None
-    try:
-        pickles.extend(_report_json(report) for report in reports)
-    except pickle.UnpicklingError as exc:
-        error = exc
-    document = {
-        "pickles": pickles,
-        "count": len(pickles),
-        "total_bytes": sum(item["size"] for item in pickles),
-        "error": None if error is None else _one_line(error),
-    }
-    print(json.dumps(document, indent=2))
-    if error is not None:
-        raise error
-    return 0
-
-
-def _report_json(report: PickleReport) -> dict[str, Any]:
-    return {
-        "offset": report.offset,
-        "size": report.size,
-        "protocol": report.protocol,
-        "frames": asdict(report.frames),
-        "large_payloads": {**asdict(report.large_payloads), "sizes": report.payload_sizes},
-        "out_of_band_buffers": report.out_of_band_buffers,
-        "opcodes": dict(report.opcodes.most_common()),
-        "opcode_count": sum(report.opcodes.values()),
-        "globals": [list(pair) for pair in report.globals],
-        "dangerous_globals": [list(pair) for pair in report.dangerous_globals],
-        "allowlist": report.allowlist_source(),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# demo
 
 HEARTBEAT = 0.001  # seconds between the heartbeat task's ticks
 METHODS = ("streampickle", "naive")
@@ -290,7 +98,7 @@ class Result:
     intact: bool = False
 
 
-def _run_demo(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     payload = _build(args)
     backend, options = args.backend, {}
     if backend == "uvloop":

@@ -1,4 +1,4 @@
-"""The greenlet bridge: run a blocking pickler or unpickler as a generator.
+"""The C engine: CPython's C pickler and unpickler, run as generators on a greenlet bridge.
 
 CPython's C ``Pickler`` calls ``file.write`` once per committed protocol-4 frame and the C
 ``Unpickler`` calls ``file.read``/``readinto``/``readline``/``peek`` for its input. Here those
@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from greenlet import error as greenlet_error
 from greenlet import getcurrent, greenlet
 
+from ._sansio import Chunk, Peek, Read, ReadInto, ReadLine, Request, as_chunk
+
+__all__ = ["Sink", "Source", "generate", "iter_dump", "iter_load", "suspend"]
+
 Y = TypeVar("Y")
 S = TypeVar("S")
 R = TypeVar("R")
-
-#: What the incremental pickler yields: ``bytes`` (a frame, or a large ``bytes`` payload) or a
-#: read-only ``memoryview`` of a large buffer the object graph holds (``bytearray``, ``str``'s
-#: UTF-8 form, a ``PickleBuffer``). Neither is ever reused by the engine.
-Chunk = bytes | memoryview
 
 
 def suspend(value: Any) -> Any:
@@ -146,10 +144,6 @@ def _unreachable(worker: greenlet) -> bool:
 # ``__init__``, so we give them these stable proxies and retarget the proxies instead.
 
 
-class _Writable(Protocol):
-    def write(self, data: Any, /) -> Any: ...
-
-
 class Sink:
     """The ``file`` a pickler writes to: forwards each write to ``target``."""
 
@@ -163,17 +157,6 @@ class Sink:
         if target is None:
             raise RuntimeError("this pickler has no file; use iter_dump() to get its chunks")
         return target(data)
-
-
-def as_chunk(data: Any) -> Chunk:
-    """Normalise what a pickler wrote into a `Chunk` without copying it."""
-    if type(data) is bytes:
-        return data
-    raw = getattr(data, "raw", None)  # PickleBuffer: a flat byte view even if Fortran-ordered
-    view = raw() if raw is not None else memoryview(data)
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view.toreadonly()
 
 
 def _yield_write(data: Any) -> None:
@@ -202,39 +185,6 @@ def iter_dump(dump: Callable[[Any], None], sink: Sink, obj: Any) -> Generator[Ch
 
 # ---------------------------------------------------------------------------------------------
 # The sans-IO loader: the unpickler's reads become requests.
-
-
-@dataclass(frozen=True, slots=True)
-class Read:
-    """Send back up to *size* bytes; fewer only at end of stream."""
-
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReadInto:
-    """Fill *buffer* (a writable byte memoryview) and send back the number of bytes written;
-    fewer than ``len(buffer)`` only at end of stream."""
-
-    buffer: memoryview
-
-
-@dataclass(frozen=True, slots=True)
-class ReadLine:
-    """Send back the bytes up to and including the next ``b"\\n"`` (all that is left at end of
-    stream)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Peek:
-    """Send back some bytes (at most *size*) that are next in the stream *without consuming
-    them*; the unpickler consumes what it used with later `Read` requests. An empty reply means
-    the driver has nothing buffered, or end of stream: the unpickler then falls back to `Read`."""
-
-    size: int
-
-
-Request = Read | ReadInto | ReadLine | Peek
 
 
 class Source:
@@ -266,10 +216,10 @@ class Source:
     def readline(self, size: int = -1) -> bytes:
         readline = getattr(self.target, "readline", None)
         if readline is not None:
-            line: bytes = readline()
+            line: bytes = readline() if size < 0 else readline(size)
             return line
         out = bytearray()  # a file with only read(): one byte at a time, never past the newline
-        while not out.endswith(b"\n") and (byte := self.target.read(1)):
+        while not out.endswith(b"\n") and len(out) != size and (byte := self.target.read(1)):
             out += byte
         return bytes(out)
 
@@ -289,8 +239,8 @@ class _Requester:
         count: int = suspend(ReadInto(memoryview(buffer).cast("B")))
         return count
 
-    def readline(self) -> bytes:
-        line: bytes = suspend(ReadLine())
+    def readline(self, size: int = -1) -> bytes:
+        line: bytes = suspend(ReadLine(None if size < 0 else size))
         return line
 
     def peek(self, size: int) -> bytes:

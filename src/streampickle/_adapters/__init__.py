@@ -1,0 +1,132 @@
+"""Stream adapters: one module per stream family, each holding its reader and writer halves,
+and the registry that picks the adapter for a stream.
+
+A kind of stream is one `Kind` in `WRITERS` and/or `SOURCES`: a test of the stream (by type
+first; then, for duck types, by the methods it has) and the adapter class that wraps it. The
+first entry whose test passes wins, so the order matters: specific types before the duck
+types that they would also satisfy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from anyio.abc import ByteReceiveStream, ByteSendStream, ObjectSendStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from ._anyio import AnyioSource, BufferedSource, ByteSendWriter, ObjectSendWriter, TransportSource
+from ._asyncio import AsyncioByteStream, DrainWriter, StreamReaderSource
+from ._base import Source, Writer
+from ._files import AwaitWriter, FileSource
+from ._trio import SendAllWriter, TrioByteStream, TrioSource
+
+__all__ = [
+    "SOURCES",
+    "WRITERS",
+    "AsyncioByteStream",
+    "Kind",
+    "Source",
+    "TransportSource",
+    "TrioByteStream",
+    "Writer",
+    "source_for",
+    "writer_for",
+]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A registry entry: streams that *accepts* takes are wrapped in *adapter*. A *duck* entry
+    goes by the methods a stream has, so a synchronous file, which has them too, never reaches
+    it."""
+
+    accepts: Callable[[Any], bool]
+    adapter: Callable[[Any], Any]
+    duck: bool = False
+
+
+def _is(kind: type) -> Callable[[Any], bool]:
+    return lambda stream: isinstance(stream, kind)
+
+
+def _has(*names: str) -> Callable[[Any], bool]:
+    return lambda stream: all(hasattr(stream, name) for name in names)
+
+
+#: Writers, in the order they are tried.
+WRITERS: list[Kind] = [
+    Kind(_is(ByteSendStream), ByteSendWriter),
+    Kind(_is(asyncio.StreamWriter), DrainWriter),
+    Kind(_is(ObjectSendStream), ObjectSendWriter),
+    Kind(_has("send_all"), SendAllWriter, duck=True),
+    Kind(_has("write", "drain"), DrainWriter, duck=True),
+    Kind(_has("write"), AwaitWriter, duck=True),
+    Kind(_has("send"), ObjectSendWriter, duck=True),
+]
+#: Sources, in the order they are tried.
+SOURCES: list[Kind] = [
+    Kind(_is(BufferedByteReceiveStream), BufferedSource),
+    Kind(_is(ByteReceiveStream), AnyioSource),
+    Kind(_is(asyncio.StreamReader), StreamReaderSource),
+    Kind(_has("receive_some"), TrioSource, duck=True),
+    Kind(_has("read", "readinto", "seek"), FileSource, duck=True),
+]
+
+_WRITERS_LOOKED_FOR = (
+    "an asyncio.StreamWriter, an anyio ByteSendStream or ObjectSendStream, or an object with "
+    "an awaitable send_all(), write() (optionally with drain()) or send() method"
+)
+_SOURCES_LOOKED_FOR = (
+    "an asyncio StreamReader, an anyio ByteReceiveStream, a trio ReceiveStream, or an async "
+    "binary file (aiofiles, anyio.open_file)"
+)
+
+
+def writer_for(stream: object) -> Writer:
+    """The adapter that writes to *stream* (the first `WRITERS` entry that accepts it).
+
+    Raises ``TypeError`` for a synchronous file (use `streampickle.dump`) or an object with none
+    of the methods looked for.
+    """
+    found = _lookup(WRITERS, stream)
+    if found is not None:
+        adapter: Writer = found(stream)
+        return adapter
+    if isinstance(stream, io.IOBase):
+        raise TypeError(
+            f"{type(stream).__name__} is a synchronous file; use streampickle.dump() for it, "
+            f"or give adump {_WRITERS_LOOKED_FOR}"
+        )
+    raise TypeError(f"cannot write to {type(stream).__name__}: adump needs {_WRITERS_LOOKED_FOR}")
+
+
+def source_for(reader: object) -> Source:
+    """The `Source` for *reader* (the first `SOURCES` entry that accepts it).
+
+    Raises ``TypeError`` for a synchronous file (use `streampickle.load`) or anything else.
+    """
+    found = _lookup(SOURCES, reader)
+    if found is not None:
+        source: Source = found(reader)
+        return source
+    if isinstance(reader, io.IOBase):
+        raise TypeError(
+            f"{type(reader).__name__} is a synchronous file; use streampickle.load() for it, "
+            f"or give aload {_SOURCES_LOOKED_FOR}"
+        )
+    raise TypeError(f"cannot read from {type(reader).__name__}: aload needs {_SOURCES_LOOKED_FOR}")
+
+
+def _lookup(kinds: list[Kind], stream: object) -> Any:
+    """The adapter of the first entry that accepts *stream*, or None."""
+    sync_file = isinstance(stream, io.IOBase)
+    for kind in kinds:
+        if kind.duck and sync_file:
+            return None
+        if kind.accepts(stream):
+            return kind.adapter
+    return None

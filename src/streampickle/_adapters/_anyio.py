@@ -1,0 +1,107 @@
+"""anyio streams: ``ByteSendStream``/``ByteReceiveStream`` (sockets, TLS, process pipes, file
+streams), ``BufferedByteReceiveStream``, object streams, and the read-ahead source a
+`PickleStream` reads its transport through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anyio import EndOfStream
+from anyio.abc import AnyByteStream, ByteReceiveStream, ByteSendStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from .._sansio import Chunk
+from ._base import Source
+
+__all__ = [
+    "AnyioSource",
+    "BufferedSource",
+    "ByteSendWriter",
+    "ObjectSendWriter",
+    "TransportSource",
+]
+
+
+class ByteSendWriter:
+    """anyio ``ByteSendStream``: sockets, TLS, process stdin, file streams. Every anyio
+    implementation sends a memoryview as it sends ``bytes``."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: ByteSendStream) -> None:
+        self.stream = stream
+
+    async def write(self, data: Chunk) -> None:
+        await self.stream.send(data)  # type: ignore[arg-type]  # annotated bytes, takes buffers
+
+
+class ObjectSendWriter:
+    """An object stream (anyio memory object streams, anything else with ``send``): it keeps the
+    item it is given, so it gets ``bytes`` (a copy of at most one piece), never a view
+    into the caller's buffers."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    async def write(self, data: Chunk) -> None:
+        await self.stream.send(bytes(data))
+
+
+class AnyioSource(Source):
+    """anyio ``ByteReceiveStream`` (sockets, process stdout, ...): read exactly."""
+
+    def __init__(self, stream: ByteReceiveStream) -> None:
+        self.stream = stream
+
+    async def receive(self, max_bytes: int) -> bytes:
+        try:
+            return await self.stream.receive(max_bytes)
+        except EndOfStream:
+            return b""
+
+
+class BufferedSource(AnyioSource):
+    """anyio ``BufferedByteReceiveStream``: leftovers go back into its buffer."""
+
+    can_unread = True
+    stream: BufferedByteReceiveStream
+
+    async def unread(self, data: bytes) -> None:
+        # feed_data() appends, so first take out what the stream still buffers (served from
+        # its buffer, without I/O) and put it back behind *data*.
+        pending = len(self.stream.buffer)
+        rest = await self.stream.receive_exactly(pending) if pending else b""
+        self.stream.feed_data(data + rest)
+
+
+class TransportSource(Source):
+    """A `PickleStream` owns its transport, so its loader may always read ahead: leftovers
+    stay in the loader's buffer for the next object."""
+
+    can_unread = True
+
+    def __init__(self, stream: AnyByteStream) -> None:
+        self.stream = stream
+        self._surplus = b""  # an object stream's chunk can be longer than asked for
+
+    async def receive(self, max_bytes: int) -> bytes:
+        data = self._surplus
+        if not data:
+            try:
+                if isinstance(self.stream, ByteReceiveStream):
+                    data = await self.stream.receive(max_bytes)
+                else:
+                    data = await self.stream.receive()
+            except EndOfStream:
+                return b""
+        self._surplus = data[max_bytes:]
+        return data[:max_bytes]
+
+    async def receive_into(self, view: memoryview) -> int:
+        receive_into = getattr(self.stream, "receive_into", None)
+        if not self._surplus and receive_into is not None:
+            count: int = await receive_into(view)  # straight into place
+            return count
+        return await super().receive_into(view)

@@ -1,0 +1,251 @@
+"""The async API: `adump` streams a pickle into an async byte stream, `aload` and
+`aiter_load` read pickles from one. Each is a thin layer over the engines (`iter_dumps`, the
+loaders of `LoadOptions`) and the drivers (`write_chunks`, `Loader`)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ._dump import write_chunks
+from ._limits import (
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_LINE_LENGTH,
+    DEFAULT_MAX_OBJECT_SIZE,
+    LimitOptions,
+    Limits,
+    RestrictedLimitOptions,
+    restricted_options,
+)
+from ._load import open_loader
+from ._pickler import iter_dumps
+from ._policy import AllowSpec
+from ._sansio import BufferCallback, Progress
+from ._unpickler import LoadOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["adump", "aiter_load", "aload"]
+
+
+async def adump(
+    obj: Any,
+    writer: object,
+    protocol: int | None = None,
+    *,
+    fix_imports: bool = True,
+    buffer_callback: BufferCallback = None,
+    pickler_class: Callable[..., pickle.Pickler] | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Pickle *obj* into the async byte stream *writer*, frame by frame; return the byte count.
+
+    The bytes written are exactly ``pickle.dumps(obj, protocol, fix_imports=fix_imports,
+    buffer_callback=buffer_callback)``. *writer* is an asyncio ``StreamWriter`` (``write`` then
+    ``await drain()``), an anyio ``ByteSendStream`` (``send``), a trio ``SendStream``
+    (``send_all``), an aiofiles binary file or anyio ``AsyncFile`` (awaitable ``write``), or an
+    object stream / anything else with an awaitable ``send`` (which then gets ``bytes``).
+    Anything else raises ``TypeError`` before pickling starts. *pickler_class* is any
+    ``pickle.Pickler`` subclass (see `iter_dumps`); ``progress(bytes_written)`` is called
+    after each write.
+
+    Streaming needs frames: at protocols 4 and 5 each write is one frame (about 64 KiB) or a
+    slice of at most 1 MiB of a large buffer, passed as a memoryview without a
+    copy. At protocols 0-3 there are no frames: the C pickler writes what it has only at the
+    end (and when it meets a large ``bytes`` at protocols 1-3), so the loop is blocked for the
+    whole pickling and memory holds the whole pickle. At 4 and 5, pickling runs synchronously
+    between writes: the event loop is blocked for at most about one frame's worth of pickling.
+    Each write is awaited (the stream's backpressure suspends pickling) and followed by a
+    checkpoint, so other tasks run even on a stream that never pushes back. The pickled
+    buffers must not be mutated until ``adump`` returns; a transport may hold views of them
+    until it has flushed (asyncio selector transports do on Python 3.12+), so close the
+    writer first if you mean to mutate them.
+
+    Errors: pickling errors (``PicklingError``, ``TypeError``, ``RecursionError``, ...) are the
+    ones ``pickle.dump`` raises, from the object that caused them; the stream's errors
+    (``ConnectionResetError``, ``BrokenPipeError``, anyio/trio ``BrokenResourceError``, ...)
+    and cancellation propagate unchanged. In every such case the pickler is unwound before the
+    exception leaves ``adump``, and the stream holds a *partial pickle*: a prefix of the bytes
+    above, ending after the last complete frame on a pickling error, possibly mid-frame on a
+    stream error or a cancellation. It is not loadable; close the stream or treat it as broken.
+    """
+    chunks = iter_dumps(
+        obj,
+        protocol,
+        fix_imports=fix_imports,
+        buffer_callback=buffer_callback,
+        pickler_class=pickle.Pickler if pickler_class is None else pickler_class,
+    )
+    return await write_chunks(chunks, writer, progress)
+
+
+async def aload(
+    reader: object,
+    *,
+    fix_imports: bool = True,
+    encoding: str = "ASCII",
+    errors: str = "strict",
+    buffers: Iterable[Any] | None = None,
+    unpickler_class: Callable[..., Any] | None = None,
+    max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE,
+    max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE,
+    max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH,
+    progress: Progress | None = None,
+    allow: AllowSpec = None,
+    **limits: Unpack[RestrictedLimitOptions],
+) -> Any:
+    """Read exactly one pickle from the async byte stream *reader* and return the object.
+
+    The C unpickler (or *unpickler_class*, any ``pickle.Unpickler`` subclass) runs as the bytes
+    arrive; *fix_imports*, *encoding*, *errors* and *buffers* are those of ``pickle.load``.
+
+    Readers: an asyncio ``StreamReader``, an anyio ``ByteReceiveStream`` (sockets, process
+    stdout) or ``BufferedByteReceiveStream``, a trio ``ReceiveStream``, or an aiofiles / anyio
+    ``AsyncFile`` binary file; else ``TypeError``. No byte past the pickle's STOP is lost: the
+    next ``aload`` on the same reader starts right after it. Streams that cannot take bytes back
+    (all but ``BufferedByteReceiveStream``, seekable files and asyncio ``StreamReader``) are
+    read exactly what the unpickler asks for: protocol 4/5 pickles cost a few receives per
+    64 KiB frame, but protocols 0-3 cost a receive per opcode. To read many protocol 0-3
+    pickles from such a stream, wrap it in ``anyio.streams.buffered.BufferedByteReceiveStream``
+    (and keep using the wrapper) or use `PickleStream`. Large ``bytes``/``bytearray`` payloads
+    are read into their final buffer: ``readinto`` on files, ``recv_into`` by the transport of
+    an asyncio ``StreamReader`` (asyncio, uvloop, TLS), piecewise copies of at most
+    1 MiB on other streams. (The ``StreamReader`` paths use its private buffer
+    and transport, as CPython 3.10-3.13 and uvloop have them; a reader without them is read
+    through its public API, exactly.)
+
+    Limits (``None`` disables one; each raises `LimitExceeded`, naming it, before the bytes are
+    read or a buffer of the claimed size is allocated): *max_frame_size* for a protocol 4/5
+    frame, *max_object_size* for the bytes the whole pickle spans, *max_line_length* for a
+    line of the text opcodes. In a protocol 0-3 pickle (or one without a PROTO opcode) read
+    ahead from a ``BufferedByteReceiveStream``, a ``StreamReader`` or a seekable file, a
+    ``BINBYTES``/``BINBYTES8``/``BYTEARRAY8`` header is parsed by the C unpickler from the
+    read-ahead data, so the unpickler allocates the claimed size (``MemoryError`` if
+    impossible) before the payload read is refused; frames are a protocol-4 feature and are
+    only checked in protocol 4/5 pickles, and in-frame lengths are only checked when their
+    payload is read.
+
+    ``progress(bytes_read)`` is called as the pickle is read, with the number of its bytes read
+    so far (strictly increasing: after each frame or opcode the unpickler takes, and after each
+    piece of a large payload), as `adump`'s *progress* is called with the bytes written. The
+    receiver cannot know the total in advance (the sender only knows it once pickling ends); the
+    last call's count is the pickle's size. An exception raised by *progress* aborts the load.
+
+    *allow* (an `Allowlist` or pairs) restricts loading as in `streampickle.Unpickler`, whose
+    ``iter_load`` then runs (*unpickler_class*, if given, must be a subclass of it): only the
+    listed globals resolve, the opcodes are vetted before the unpickler acts on them, and the
+    other `Limits` apply too (*max_payload_size*, *max_memo_size*, *max_opcodes*,
+    *max_stack_depth*, *max_expansion*, with `Limits`' defaults; passing one without *allow* is a
+    ``TypeError``). The restricted unpickler never peeks, so the read-ahead caveat above does
+    not apply to it. Bad data then raises only ``UnpicklingError`` (a subclass for a refusal:
+    `ForbiddenGlobal`, `PolicyViolation`, `LimitExceeded`) or ``EOFError``.
+
+    Errors: ``EOFError`` if the stream ends before the first byte (as ``pickle.load``);
+    ``UnpicklingError`` or ``EOFError`` if it ends inside the pickle or the data is bad;
+    `LimitExceeded`; the stream's own errors. After an error or a cancellation the unpickler
+    has been unwound and the reader is positioned somewhere inside the pickle (bytes it had
+    read ahead are dropped): treat it as broken.
+    """
+    options = _load_options(
+        fix_imports=fix_imports,
+        encoding=encoding,
+        errors=errors,
+        buffers=buffers,
+        unpickler_class=unpickler_class,
+        allow=allow,
+        limits={
+            "max_frame_size": max_frame_size,
+            "max_object_size": max_object_size,
+            "max_line_length": max_line_length,
+            **limits,
+        },
+    )
+    loader = await open_loader(reader)
+    obj = await loader.load(options.requests(), progress)
+    await loader.give_back()
+    return obj
+
+
+async def aiter_load(
+    reader: object,
+    *,
+    fix_imports: bool = True,
+    encoding: str = "ASCII",
+    errors: str = "strict",
+    buffers: Iterable[Any] | None = None,
+    unpickler_class: Callable[..., Any] | None = None,
+    max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE,
+    max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE,
+    max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH,
+    progress: Progress | None = None,
+    allow: AllowSpec = None,
+    **limits: Unpack[RestrictedLimitOptions],
+) -> AsyncIterator[Any]:
+    """Yield the objects pickled back to back in *reader* until a clean end of stream.
+
+    Each object is read as by `aload` (same arguments, readers, *allow* and limits, per pickle;
+    *buffers* is shared by all the pickles; each pickle gets a fresh unpickler, so one pickle's
+    memo never resolves another's references). The stream ending before a pickle's first byte
+    ends the iteration; ending inside one raises ``UnpicklingError`` or ``EOFError``.
+    Read-ahead bytes are given back to the reader before each object is yielded, so breaking
+    out of the loop leaves the reader right after the last object yielded.
+    ``progress(bytes_read)`` counts the bytes of all the pickles read so far, from the first.
+    """
+    options = _load_options(
+        fix_imports=fix_imports,
+        encoding=encoding,
+        errors=errors,
+        buffers=buffers,
+        unpickler_class=unpickler_class,
+        allow=allow,
+        limits={
+            "max_frame_size": max_frame_size,
+            "max_object_size": max_object_size,
+            "max_line_length": max_line_length,
+            **limits,
+        },
+    )
+    loader = await open_loader(reader)
+    done = 0  # bytes of the pickles already read: progress counts the whole stream
+    while True:
+        try:
+            obj = await loader.load(options.requests(), _offset(progress, done))
+        except EOFError:
+            if loader.consumed == 0 and loader.eof:
+                return
+            raise
+        done += loader.consumed
+        await loader.give_back()
+        yield obj
+
+
+def _load_options(
+    *,
+    fix_imports: bool,
+    encoding: str,
+    errors: str,
+    buffers: Iterable[Any] | None,
+    unpickler_class: Callable[..., Any] | None,
+    allow: AllowSpec,
+    limits: LimitOptions,
+) -> LoadOptions:
+    """The `LoadOptions` of an `aload`/`aiter_load` call (``TypeError`` for a restricted-only
+    limit without *allow*)."""
+    return LoadOptions(
+        fix_imports=fix_imports,
+        encoding=encoding,
+        errors=errors,
+        buffers=buffers,
+        unpickler_class=unpickler_class,
+        allow=allow,
+        limits=Limits(**restricted_options(allow, limits)),
+    )
+
+
+def _offset(progress: Progress | None, base: int) -> Progress | None:
+    """*progress*, called with *base* added to each count."""
+    if progress is None or not base:
+        return progress
+    return lambda count: progress(base + count)

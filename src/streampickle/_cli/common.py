@@ -1,0 +1,23 @@
+"""What the commands share: the one-line error and the argument types."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["CommandError", "one_line", "positive"]
+
+
+class CommandError(Exception):
+    """A failure to report as one line on stderr, with exit status 1."""
+
+
+def one_line(exc: BaseException) -> str:
+    """*exc* as one line of text."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value

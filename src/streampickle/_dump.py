@@ -1,0 +1,54 @@
+"""The async dump driver: `write_chunks` moves an engine's chunks into a stream.
+
+The engine yields chunks synchronously; this driver writes each through the stream's `Writer`
+adapter. Backpressure comes from awaiting the stream, fairness from a checkpoint after every
+write, and bounded memory from never holding more than one chunk (large chunks are cut into
+memoryview slices of at most `PIECE_SIZE` bytes, never copied whole).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+
+import anyio.lowlevel
+
+from ._adapters import writer_for
+from ._sansio import PIECE_SIZE, Chunk, Progress
+
+__all__ = ["write_chunks"]
+
+
+def _slices(chunk: Chunk) -> Iterator[Chunk]:
+    """*chunk* itself, or memoryview slices of it of at most `PIECE_SIZE` bytes (no copy)."""
+    if len(chunk) <= PIECE_SIZE:
+        yield chunk
+        return
+    view = memoryview(chunk)
+    for start in range(0, len(view), PIECE_SIZE):
+        yield view[start : start + PIECE_SIZE]
+
+
+async def write_chunks(
+    chunks: Generator[Chunk, None, None], stream: object, progress: Progress | None = None
+) -> int:
+    """Write the engine's *chunks* to *stream*; return the number of bytes written.
+
+    The stream is checked (``TypeError``, see `streampickle._adapters.writer_for`) before
+    the first chunk is pickled.
+    *chunks* is always closed on exit, so an error or a cancellation unwinds the pickler.
+    """
+    written = 0
+    try:
+        writer = writer_for(stream)
+        for chunk in chunks:  # pickling runs here, synchronously: at most about one frame
+            for piece in _slices(chunk):
+                await writer.write(piece)
+                written += len(piece)
+                if progress is not None:
+                    progress(written)
+                # drain() returns without yielding while the transport is not paused, and
+                # some streams never yield: the checkpoint lets other tasks run between writes.
+                await anyio.lowlevel.checkpoint()
+    finally:
+        chunks.close()
+    return written

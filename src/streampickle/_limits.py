@@ -1,0 +1,247 @@
+"""Resource limits, and the byte guard every load driver runs its loader through.
+
+`Limits` is the one bundle of limits; `LimitExceeded` names the field that was hit. The
+*byte limits* (``max_frame_size``, ``max_object_size``, ``max_line_length``) are checked for
+every load, restricted or not, by the same code: an unrestricted loader's requests pass through
+`guard` (as h11's connection checks its own limits, so every driver gets them for free), and a
+restricted one's vetting reader checks them as it parses. The other limits need the opcode
+walk that only restricted loading does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from ._exceptions import LimitExceeded
+from ._opcodes import FRAME, LENGTH_FIELDS, PROTO
+from ._sansio import Peek, Read, ReadInto, ReadLine, Request
+
+__all__ = [
+    "DEFAULT_MAX_EXPANSION",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_MAX_LINE_LENGTH",
+    "DEFAULT_MAX_MEMO_SIZE",
+    "DEFAULT_MAX_OBJECT_SIZE",
+    "DEFAULT_MAX_OPCODES",
+    "DEFAULT_MAX_PAYLOAD_SIZE",
+    "DEFAULT_MAX_STACK_DEPTH",
+    "ByteLimitOptions",
+    "LimitOptions",
+    "Limits",
+    "RestrictedLimitOptions",
+    "guard",
+    "restricted_options",
+]
+
+#: Default ``max_frame_size``: CPython's picklers commit frames of ~64 KiB (at most ~130 KB).
+DEFAULT_MAX_FRAME_SIZE = 16 << 20
+#: Default ``max_object_size``: the bytes one pickle may span, payloads included.
+DEFAULT_MAX_OBJECT_SIZE = 1 << 30
+#: Default ``max_line_length`` for the text opcodes of protocols 0-2 (a protocol-0 ``str`` is
+#: one line).
+DEFAULT_MAX_LINE_LENGTH = 1 << 20
+#: Default ``max_payload_size``: one ``bytes``/``bytearray``/``str``/long-int payload.
+DEFAULT_MAX_PAYLOAD_SIZE = 64 << 20
+#: Default ``max_memo_size``: the C unpickler sizes its memo table by the highest index put
+#: (16 bytes per index), so this also caps that table at 16 MiB.
+DEFAULT_MAX_MEMO_SIZE = 1 << 20
+#: Default ``max_opcodes``: a pickle of 100,000 small dicts takes 1.1 million. One opcode can
+#: build up to ~230 bytes of objects (an empty set), so this bounds what a pickle of few bytes
+#: can make the receiver allocate.
+DEFAULT_MAX_OPCODES = 1 << 20
+#: Default ``max_stack_depth``: items plus open marks on the unpickler's stack (a tuple's
+#: items are all on the stack before TUPLE; nesting a list or dict adds an item and a mark).
+DEFAULT_MAX_STACK_DEPTH = 100_000
+#: Default ``max_expansion``: what the calls of one pickle may build (items, or bytes of a
+#: ``bytes``/``bytearray``) beyond twice the bytes received. Every pickle the standard library
+#: writes needs none of it; a hostile one gets ``set(range(65536))`` (~4 MB) or
+#: ``bytes(65536)`` out of a few bytes.
+DEFAULT_MAX_EXPANSION = 1 << 16
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-pickle resource limits; ``None`` disables one. `LimitExceeded` names the one hit.
+
+    The byte limits, checked by every load given them (``load``, ``loads``, ``Unpickler``,
+    ``iter_loads``, ``aload``, ``aiter_load``, ``PickleStream``), restricted or not:
+    *max_frame_size* (a protocol 4/5 frame), *max_object_size* (the bytes one pickle spans),
+    *max_line_length* (a line of the text opcodes of protocols 0-2). Each is checked before
+    the bytes are read or a buffer of the claimed size is allocated.
+
+    Checked by restricted loads only (``allow=`` given), because they need the opcode-by-opcode
+    vetting that restricted loading does anyway (and without an allowlist a hostile pickle can
+    run code, so limits would not protect the receiver): *max_payload_size* (one ``bytes``,
+    ``bytearray``, ``str`` or long-int payload), *max_memo_size* (the highest memo index + 1,
+    and the number of memo entries a pickle makes), *max_opcodes*, *max_stack_depth* (items
+    plus open marks) and *max_expansion* (what the calls of allowed callables build, in items
+    or bytes, beyond twice the bytes received so far). They are checked before the unpickler
+    acts on the opcode.
+    """
+
+    max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE
+    max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE
+    max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH
+    max_payload_size: int | None = DEFAULT_MAX_PAYLOAD_SIZE
+    max_memo_size: int | None = DEFAULT_MAX_MEMO_SIZE
+    max_opcodes: int | None = DEFAULT_MAX_OPCODES
+    max_stack_depth: int | None = DEFAULT_MAX_STACK_DEPTH
+    max_expansion: int | None = DEFAULT_MAX_EXPANSION
+
+    def check(self, what: str, size: int, limit: str, *, unit: str = "bytes") -> None:
+        """Raise `LimitExceeded` if *size* exceeds the limit named *limit*."""
+        maximum: int | None = getattr(self, limit)
+        if maximum is not None and size > maximum:
+            raise LimitExceeded(what, size, limit, maximum, unit=unit)
+
+
+class ByteLimitOptions(TypedDict, total=False):
+    """The byte limits of `Limits`, as keyword arguments of the load functions."""
+
+    max_frame_size: int | None
+    max_object_size: int | None
+    max_line_length: int | None
+
+
+class RestrictedLimitOptions(TypedDict, total=False):
+    """The fields of `Limits` that only restricted loads check, as keyword arguments."""
+
+    max_payload_size: int | None
+    max_memo_size: int | None
+    max_opcodes: int | None
+    max_stack_depth: int | None
+    max_expansion: int | None
+
+
+class LimitOptions(ByteLimitOptions, RestrictedLimitOptions, total=False):
+    """The fields of `Limits`, as keyword arguments of the load functions."""
+
+
+_BYTE_LIMITS = frozenset(ByteLimitOptions.__annotations__)
+
+
+def restricted_options(allow: object, options: LimitOptions) -> LimitOptions:
+    """*options*; ``TypeError`` if a restricted-only limit is given without *allow* (it would
+    silently not apply)."""
+    misplaced = sorted(name for name in options if name not in _BYTE_LIMITS)
+    if allow is None and misplaced:
+        raise TypeError(
+            f"{', '.join(misplaced)} only apply to restricted loads: pass allow= as well "
+            "(an unrestricted pickle can run code, so opcode limits would not protect you)"
+        )
+    return options
+
+
+# ---------------------------------------------------------------------------------------------
+# The byte guard
+
+#: Opcodes followed by a length checked before the unpickler allocates: FRAME, and the payloads
+#: with a 4- or 8-byte length (a 1-byte length cannot claim much). Opcode -> (what, field).
+_CLAIMS = {
+    field.code: (f"{name} payload", field)
+    for name, field in LENGTH_FIELDS.items()
+    if field.width >= 4
+}
+
+
+class _Guard:
+    """The state of one pickle's byte checks (see `guard`)."""
+
+    __slots__ = ("ahead", "consumed", "last", "limits", "peeking")
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.consumed = 0
+        self.peeking = False  # Peek requests go on to the driver
+        self.ahead = False  # the driver answered one with data: reads are no longer per field
+        self.last: int | None = None  # the byte the last Read(1) returned
+
+    def before(self, size: int) -> None:
+        self.limits.check("pickle", self.consumed + size, "max_object_size")
+
+    def read(self, data: bytes) -> None:
+        """Vet a `Read` reply before the unpickler acts on it."""
+        if self.ahead:
+            pass  # the unpickler parses from peeked data: its reads are not opcode by opcode
+        elif len(data) == 1:
+            self._choose_mode(data[0])
+            self.last = data[0]
+        else:
+            self._check_length(data)
+            self.last = None
+        self.consumed += len(data)
+
+    def line(self, data: bytes) -> None:
+        self.limits.check("line", len(data), "max_line_length")
+        self.last = None
+        self.consumed += len(data)
+
+    def _choose_mode(self, byte: int) -> None:
+        # Peek (read-ahead) only for pickles that do not start with PROTO 4 or 5: in read-ahead
+        # data a length header is parsed, and its buffer allocated, by the C unpickler before
+        # it asks for the payload, so it could not be checked in time.
+        first = self.consumed == 0 and byte != PROTO
+        proto = self.consumed == 1 and self.last == PROTO and byte < 4
+        if first or proto:
+            self.peeking = True
+
+    def _check_length(self, data: bytes) -> None:
+        # The request after Read(1) of a length opcode is Read(width): its length header. The
+        # pairing is unambiguous: a 1-byte *argument* read is followed by the next opcode or
+        # by a read of the argument's value, and all these opcodes are >= 0x42, never 4 or 8.
+        last = self.last
+        if last == FRAME and len(data) == 8:
+            what, size = "frame", int.from_bytes(data, "little")
+            self.limits.check(what, size, "max_frame_size")
+        else:
+            claim = _CLAIMS.get(last) if last is not None else None
+            if claim is None or len(data) != claim[1].width:
+                return
+            what, size = claim[0], claim[1].decode(data)
+        self.limits.check(what, size, "max_object_size")
+        self.before(len(data) + size)
+
+
+def guard(requests: Generator[Request, Any, Any], limits: Limits) -> Generator[Request, Any, Any]:
+    """*requests* (an unrestricted loader's), with the byte limits of *limits* enforced.
+
+    Each request passes on to the driver and each reply back to the unpickler, vetted on the
+    way: a read that would take the pickle past ``max_object_size`` is refused before the
+    driver reads, a FRAME or payload length past its limit before the unpickler allocates, a
+    line past ``max_line_length`` before the unpickler sees it (`ReadLine` asks the driver for
+    at most one byte more than the limit). `LimitExceeded` is raised into the driver's
+    ``send``; *requests* is always closed.
+
+    `Peek` requests reach the driver only for pickles that do not start with PROTO 4 or 5;
+    for the others the guard answers them empty, so the unpickler reads every opcode outside
+    frames, and every length, with a `Read` the guard sees (frames are read whole, so that costs
+    a few requests per frame).
+    """
+    state = _Guard(limits)
+    longest = limits.max_line_length
+    ask_line = ReadLine(None if longest is None else longest + 1)
+    reply: Any = None
+    try:
+        while True:
+            request = requests.send(reply)
+            if type(request) is Peek:
+                reply = (yield request) if state.peeking else b""
+                state.ahead = state.ahead or bool(reply)
+            elif type(request) is Read:
+                state.before(request.size)
+                reply = yield request
+                state.read(reply)
+            elif type(request) is ReadInto:
+                state.before(len(request.buffer))
+                reply = yield request
+                state.consumed += reply
+                state.last = None
+            else:
+                reply = yield ask_line
+                state.line(reply)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        requests.close()

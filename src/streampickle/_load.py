@@ -1,0 +1,207 @@
+"""The async load driver: a `Loader` answers an incremental loader's requests from a stream.
+
+The engine's unpickler asks for bytes with `Read`/`ReadInto`/`ReadLine`/`Peek` requests; a
+`Loader` answers them from its own buffer, refilled from the stream's `Source` adapter. Limits
+are not its business: they are checked on the loader's side of the requests (the byte guard,
+or a restricted loader's vetting reader), so every driver, sync or async, enforces the same.
+What shapes the driver is leftovers: with `Peek` answered from a read-ahead buffer the C
+unpickler parses straight from it (no request per opcode) but the buffer then holds bytes past
+the pickle's STOP. Only sources that can take bytes back (anyio ``BufferedByteReceiveStream``,
+seekable files, an asyncio ``StreamReader`` through its internal buffer, `PickleStream`'s own
+buffer) ever read ahead; the others (plain anyio and trio receive streams, pipes opened as
+files) are read exactly, which never loses a byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from ._adapters import Source, source_for
+from ._sansio import PIECE_SIZE, Peek, Progress, Read, ReadInto, Request
+
+__all__ = ["READ_AHEAD", "Loader", "open_loader"]
+
+#: Read-ahead per receive, for sources that may read ahead.
+READ_AHEAD = 1 << 16
+
+
+class Loader:
+    """Answers a loader's requests from a `Source` through a buffer, and reports progress.
+
+    One `Loader` serves any number of consecutive pickles; between them its buffer holds what
+    was read ahead (see `give_back`). Use it from one task at a time.
+    """
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self._buffer = bytearray()
+        self._pos = 0
+        #: Bytes the current pickle has consumed; 0 after an error means none were.
+        self.consumed = 0
+        self.eof = False
+        self._progress: Progress | None = None
+        self._reported = 0  # the last count given to _progress
+
+    @property
+    def buffered(self) -> int:
+        """Bytes read ahead and not yet consumed."""
+        return len(self._buffer) - self._pos
+
+    async def load(
+        self, requests: Generator[Request, Any, Any], progress: Progress | None = None
+    ) -> Any:
+        """Run *requests* to completion and return the object; always closes *requests*.
+
+        *requests* come from a loader whose limits are checked on its side of the requests
+        (`streampickle._limits.guard`, or a restricted loader's vetting reader): this driver
+        only reads what it is asked for, and a bounded line when a `ReadLine` has a limit.
+        ``progress(n)`` is called whenever more of the pickle was read: *n* is the number of
+        its bytes read so far (strictly increasing; pieces of a large payload count as read).
+
+        Raises what the unpickler raises (``EOFError`` at end of stream before the first byte,
+        ``UnpicklingError``/``EOFError`` for a truncated pickle, `LimitExceeded` from the
+        loader's checks) and the source's errors.
+        """
+        self.consumed, self.eof = 0, False
+        self._progress, self._reported = progress, 0
+        reply: Any = None
+        try:
+            while True:
+                request = requests.send(reply)
+                # Most requests are answered from the buffer, without a coroutine.
+                reply = self._answer_buffered(request)
+                if reply is None:
+                    reply = await self._answer(request)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            requests.close()
+
+    async def give_back(self) -> None:
+        """Hand what was read past the last pickle back to the source."""
+        if self.buffered:
+            data = bytes(self._buffer[self._pos :])
+            self._buffer.clear()
+            self._pos = 0
+            await self.source.unread(data)
+
+    def _answer_buffered(self, request: Request) -> bytes | int | None:
+        if isinstance(request, Peek):
+            if not self.source.can_unread:
+                return b""  # bytes peeked must be given back if the pickle ends before them
+            return self._take(min(request.size, self.buffered), consume=False) or None
+        if isinstance(request, Read):
+            if self.buffered < request.size:
+                return None
+            return self._consumed(self._take(request.size))
+        if isinstance(request, ReadInto):
+            return None
+        limit = request.limit
+        end = self._buffer.find(b"\n", self._pos, None if limit is None else self._pos + limit)
+        if end >= 0:
+            return self._consumed(self._take(end + 1 - self._pos))
+        if limit is not None and self.buffered >= limit:
+            return self._consumed(self._take(limit))  # too long: the loader refuses it
+        return None
+
+    async def _answer(self, request: Request) -> bytes | int:
+        if isinstance(request, Peek):
+            await self._fill()
+            return self._take(min(request.size, self.buffered), consume=False)
+        if isinstance(request, Read):
+            return self._consumed(await self._read(request.size))
+        if isinstance(request, ReadInto):
+            return await self._read_into(request.buffer)
+        return self._consumed(await self._read_line(request.limit))
+
+    # -- consuming ------------------------------------------------------------------------------
+
+    def _consumed(self, data: bytes) -> bytes:
+        """Account for *data* handed to the unpickler."""
+        self.consumed += len(data)
+        self._report()
+        return data
+
+    def _report(self, pending: int = 0) -> None:
+        """Tell the progress hook that ``consumed + pending`` bytes were read (*pending*: of a
+        payload still being received, so a large one shows progress as it arrives)."""
+        count = self.consumed + pending
+        if self._progress is not None and count > self._reported:
+            self._reported = count
+            self._progress(count)
+
+    # -- the buffer -----------------------------------------------------------------------------
+
+    def _take(self, size: int, *, consume: bool = True) -> bytes:
+        start = self._pos
+        data = bytes(self._buffer[start : start + size])
+        if consume:
+            self._pos += size
+            if self._pos == len(self._buffer):
+                self._buffer.clear()
+                self._pos = 0
+        return data
+
+    async def _fill(self) -> int:
+        """Receive once into the buffer (read-ahead sources only); 0 at end of stream."""
+        if self._pos and self._pos >= len(self._buffer) // 2:
+            del self._buffer[: self._pos]  # compact: keep the buffer about one receive long
+            self._pos = 0
+        data = await self.source.receive(READ_AHEAD)
+        self.eof = not data
+        self._buffer += data
+        return len(data)
+
+    async def _read(self, size: int) -> bytes:
+        if self.source.can_unread and size - self.buffered < READ_AHEAD:
+            while self.buffered < size and await self._fill():
+                pass
+            return self._take(min(size, self.buffered))
+        pieces = [self._take(self.buffered)]
+        remaining = size - len(pieces[0])
+        while remaining:
+            piece = await self.source.receive(min(remaining, PIECE_SIZE))
+            if not piece:
+                self.eof = True
+                break
+            pieces.append(piece)
+            remaining -= len(piece)
+            if remaining:  # the last piece is reported once the reply is consumed
+                self._report(size - remaining)
+        return b"".join(pieces)
+
+    async def _read_into(self, buffer: memoryview) -> int:
+        size = len(buffer)
+        filled = min(size, self.buffered)
+        buffer[:filled] = self._take(filled)
+        while filled < size:
+            count = await self.source.receive_into(buffer[filled:])
+            if not count:
+                self.eof = True
+                break
+            filled += count
+            if filled < size:
+                self._report(filled)
+        self.consumed += filled
+        self._report()
+        return filled
+
+    async def _read_line(self, limit: int | None) -> bytes:
+        """The next line, or its first *limit* bytes if it is longer."""
+        if not self.source.can_unread:  # an exact source never has anything buffered
+            return await self.source.receive_line(limit)
+        while (end := self._buffer.find(b"\n", self._pos)) < 0:
+            if limit is not None and self.buffered >= limit:
+                return self._take(limit)
+            if not await self._fill():
+                return self._take(self.buffered)
+        size = end + 1 - self._pos
+        return self._take(size if limit is None else min(size, limit))
+
+
+async def open_loader(reader: object) -> Loader:
+    """A `Loader` for *reader* (``TypeError`` for an unsupported one), ready to load."""
+    loader = Loader(source_for(reader))
+    await loader.source.prepare()
+    return loader

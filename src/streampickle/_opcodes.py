@@ -1,0 +1,185 @@
+"""Pickle-format facts, derived once from ``pickletools.opcodes``, and the opcode walk.
+
+Which opcodes carry a length-prefixed payload, and how wide and signed that length is, is
+written down in ``pickletools``' argument descriptors; every reader of the format here (the
+async driver's byte guard, the vetting reader, ``inspect``) takes it from `LENGTH_FIELDS`.
+
+`opcodes` walks a pickle opcode by opcode like ``pickletools.genops``, with argument readers
+for the text-line arguments that decode them as the C unpickler does, without warnings.
+"""
+
+from __future__ import annotations
+
+import pickle
+import pickletools
+import re
+from _codecs import escape_decode
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "BY_BYTE",
+    "BY_CODE",
+    "BY_NAME",
+    "FRAME",
+    "LENGTH_FIELDS",
+    "LONGEST_FIXED_ARGUMENT",
+    "MARK",
+    "PROTO",
+    "UNFRAMED_HEADERS",
+    "LengthField",
+    "Opcodes",
+    "genops",
+    "opcodes",
+]
+
+BY_CODE = {opcode.code: opcode for opcode in pickletools.opcodes}
+BY_BYTE = {opcode.code.encode("latin-1"): opcode for opcode in pickletools.opcodes}
+BY_NAME = {opcode.name: opcode for opcode in pickletools.opcodes}
+MARK = pickletools.markobject
+PROTO = pickle.PROTO[0]
+FRAME = pickle.FRAME[0]
+
+#: ``pickletools``' codes for an argument whose length comes first: code -> (width, signed).
+_LENGTH_CODES = {
+    pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
+    pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+    pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
+    pickletools.TAKEN_FROM_ARGUMENT8U: (8, False),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LengthField:
+    """An opcode followed by a little-endian length and that many bytes of payload."""
+
+    name: str
+    code: int  #: the opcode's byte
+    width: int  #: bytes of the length field
+    signed: bool
+    text: bool  #: a ``str`` payload (or a protocol 0-2 string), not bytes or a long int
+
+    def decode(self, field: bytes) -> int:
+        """The length in *field*, the `width` bytes after the opcode."""
+        return int.from_bytes(field, "little", signed=self.signed)
+
+
+def _length_fields() -> dict[str, LengthField]:
+    fields = {}
+    for opcode in pickletools.opcodes:
+        if opcode.arg is None or opcode.arg.n not in _LENGTH_CODES:
+            continue
+        width, signed = _LENGTH_CODES[opcode.arg.n]
+        text = opcode.arg.name.startswith(("string", "unicode"))
+        code = opcode.code.encode("latin-1")[0]
+        fields[opcode.name] = LengthField(opcode.name, code, width, signed, text)
+    return fields
+
+
+#: Every opcode whose argument is a length-prefixed payload, by name.
+LENGTH_FIELDS = _length_fields()
+#: The payload opcodes whose payload may follow their frame: CPython's picklers commit the
+#: frame after the opcode and length of a ``bytes``/``str``/``bytearray`` of 64 KiB or more and
+#: write the payload unframed. Value: the size of opcode and length field. (These are the
+#: unsigned lengths of 4 or 8 bytes: protocol 4 added the 8-byte ones with framing.)
+UNFRAMED_HEADERS = {
+    name: 1 + field.width
+    for name, field in LENGTH_FIELDS.items()
+    if field.width >= 4 and not field.signed
+}
+#: ``pickletools`` reads a fixed-width argument in one ``read()``; only payloads are longer.
+LONGEST_FIXED_ARGUMENT = max(
+    opcode.arg.n for opcode in pickletools.opcodes if opcode.arg is not None
+)
+
+Opcodes = Generator[tuple[Any, Any, int, int], None, None]
+
+
+def _read_line(file: Any) -> bytes:
+    line: bytes = file.readline()
+    if not line.endswith(b"\n"):
+        raise ValueError("no newline found when trying to read a line argument")
+    return line[:-1]
+
+
+#: The escapes ``PyBytes_DecodeEscape`` decodes without a ``DeprecationWarning``: it warns
+#: about any other, and about octal escapes over 0o377.
+_VALID_ESCAPE = re.compile(
+    rb"\\(?:[\n\\'\"abfnrtv]|x[0-9a-fA-F]{2}|[0-3][0-7]{2}|[0-7]{1,2}(?![0-7]))"
+)
+
+
+def _read_quoted(file: Any) -> str:
+    """STRING's argument, decoded as the C unpickler decodes it (its own *encoding* aside).
+
+    ``ValueError`` for an escape that CPython decodes with a ``DeprecationWarning`` (which
+    ``-W error`` turns into an exception that is not an ``UnpicklingError``): no pickler
+    writes one. Checked first, so that decoding never warns.
+    """
+    data = _read_line(file)
+    if len(data) < 2 or data[:1] not in (b"'", b'"') or data[-1:] != data[:1]:
+        raise ValueError(f"the STRING argument {data[:40]!r} is not quoted")
+    data = data[1:-1]
+    position = data.find(b"\\")
+    while position >= 0:
+        match = _VALID_ESCAPE.match(data, position)
+        if match is None:
+            raise ValueError(f"invalid escape sequence {data[position : position + 4]!r}")
+        position = data.find(b"\\", match.end())
+    decoded: bytes = escape_decode(data)[0]
+    return decoded.decode("latin-1")
+
+
+def _read_name_pair(file: Any) -> str:
+    """GLOBAL's and INST's argument: two lines decoded as UTF-8, as the C unpickler does
+    (``pickletools`` unescapes them, which can warn), joined by a blank as ``pickletools``
+    joins them."""
+    module = _read_line(file).decode()
+    return f"{module} {_read_line(file).decode()}"
+
+
+#: Argument readers that replace pickletools' for the text-line arguments.
+_SAFE_READERS: dict[str, Callable[[Any], Any]] = {
+    "stringnl": _read_quoted,
+    "stringnl_noescape": lambda file: _read_line(file).decode("ascii"),  # PERSID, as C reads it
+    "stringnl_noescape_pair": _read_name_pair,
+}
+_READERS: dict[bytes, Callable[[Any], Any] | None] = {
+    code: None if op.arg is None else _SAFE_READERS.get(op.arg.name, op.arg.reader)
+    for code, op in BY_BYTE.items()
+}
+
+
+def genops(file: Any) -> Iterator[tuple[Any, Any, int]]:
+    """``pickletools.genops`` with the safe readers: ``(opcode, arg, start)`` up to STOP;
+    ``ValueError`` for a malformed pickle. *file* needs ``read``, ``readline``, ``tell``."""
+    read, tell = file.read, file.tell
+    while True:
+        position = tell()
+        code = read(1)
+        opcode = BY_BYTE.get(code)
+        if opcode is None:
+            if not code:
+                raise ValueError("pickle exhausted before seeing STOP")
+            raise ValueError(f"at position {position}, opcode {code!r} unknown")
+        reader = _READERS[code]
+        yield opcode, None if reader is None else reader(file), position
+        if code == b".":
+            return
+
+
+def opcodes(file: Any) -> Opcodes:
+    """``(opcode, arg, start, end)`` for each opcode of the pickle in *file* (up to STOP).
+
+    *file* needs ``tell``. The ``ValueError`` of `genops` for a malformed pickle becomes
+    ``UnpicklingError``; an error the file raised itself (its ``io_error`` attribute, if it has
+    one) passes through.
+    """
+    try:
+        for opcode, arg, start in genops(file):
+            yield opcode, arg, start, file.tell()  # genops has read exactly this opcode
+    except ValueError as exc:
+        if exc is getattr(file, "io_error", None):
+            raise  # the file's own error, not the pickle's
+        raise pickle.UnpicklingError(f"malformed pickle: {exc}") from exc

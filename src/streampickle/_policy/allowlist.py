@@ -1,0 +1,215 @@
+"""Allowlists: the exact ``(module, qualified name)`` pairs a restricted load may resolve,
+the presets, and the guard rail of known-dangerous names."""
+
+from __future__ import annotations
+
+import sys
+import types
+from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from .._exceptions import ForbiddenGlobal
+
+__all__ = [
+    "ALLOW_BUILTINS",
+    "ALLOW_COLLECTIONS",
+    "ALLOW_DATETIME",
+    "ALLOW_DECIMAL",
+    "AllowSpec",
+    "Allowlist",
+    "Pair",
+    "as_allowlist",
+    "is_dangerous",
+    "map_python2",
+]
+
+Pair = tuple[str, str]
+
+
+#: Modules from which nothing may be allowed without ``allow_dangerous=True``: they run
+#: commands, touch files, import or resolve arbitrary names, or load nested pickles.
+_DANGEROUS_MODULES = frozenset(
+    {
+        "_ctypes", "_frozen_importlib", "_frozen_importlib_external", "_imp", "_pickle",
+        "_posixsubprocess", "_signal", "_socket", "code", "codeop", "ctypes", "importlib",
+        "marshal", "multiprocessing", "nt", "os", "pickle", "pkgutil", "posix", "pty", "pydoc",
+        "runpy", "shelve", "shutil", "signal", "socket", "streampickle", "subprocess", "sys",
+    }
+)  # fmt: skip
+#: Single names that are dangerous in otherwise harmless modules.
+_DANGEROUS_NAMES = frozenset(
+    [("builtins", name) for name in (
+        "__import__", "breakpoint", "compile", "delattr", "eval", "exec", "exit", "getattr",
+        "globals", "help", "input", "locals", "open", "quit", "setattr", "type", "vars",
+    )]
+    + [(module, name) for module in ("operator", "_operator")
+       for name in ("attrgetter", "methodcaller")]
+    + [(module, name) for module in ("io", "_io") for name in ("open", "open_code", "FileIO")]
+    + [("codecs", "open"), ("functools", "partial"), ("functools", "partialmethod")]
+)  # fmt: skip
+
+
+def is_dangerous(module: str, name: str) -> bool:
+    root = module.partition(".")[0]
+    return root in _DANGEROUS_MODULES or (module, name) in _DANGEROUS_NAMES
+
+
+def map_python2(module: str, name: str, fix_imports: bool) -> Pair:
+    """Map a Python 2 name to its Python 3 one, as ``pickle`` does when *fix_imports* is true.
+
+    ``pickle`` maps only at protocols 0-2; we map at every protocol, so that the pair judged by
+    the allowlist is always the one resolved, whatever PROTO opcodes the pickle contains.
+    """
+    if not fix_imports:
+        return module, name
+    if (module, name) in NAME_MAPPING:
+        mapped: Pair = NAME_MAPPING[(module, name)]
+        return mapped
+    return IMPORT_MAPPING.get(module, module), name
+
+
+class Allowlist:
+    """An immutable set of exact ``(module, qualified name)`` pairs a restricted load may resolve.
+
+    Pass one as ``allow=`` to `load`, `loads` or `Unpickler`. Everything not listed is refused
+    with `ForbiddenGlobal`. A dotted name (``"OrderedDict.fromkeys"``) is allowed only if that
+    exact dotted pair is listed: allowing a module or a class never allows what can be reached
+    from it by attribute access. Allowlists combine with ``|``; the presets `ALLOW_BUILTINS`,
+    `ALLOW_COLLECTIONS`, `ALLOW_DATETIME` and `ALLOW_DECIMAL` are allowlists.
+
+    Listing a known-dangerous name (``os.*``, ``subprocess.*``, ``builtins.eval``,
+    ``builtins.getattr``, ``operator.attrgetter``, ``pickle.loads``, ...) raises ``ValueError``
+    unless ``allow_dangerous=True``; the same check is applied to what a listed pair resolves
+    to, so an alias (``mymodule.run = os.system``) is refused at load time. This is a guard
+    rail, not a complete list: only list what your data needs. ``TypeError`` is raised for a
+    pair that is not two non-empty strings.
+    """
+
+    __slots__ = ("_dangerous_ok", "_pairs")
+
+    def __init__(self, pairs: Iterable[Pair] = (), *, allow_dangerous: bool = False) -> None:
+        checked = frozenset(_check_pair(pair) for pair in pairs)
+        if not allow_dangerous:
+            for module, name in sorted(checked):
+                if is_dangerous(module, name):
+                    raise ValueError(
+                        f"{module}.{name} is known to be unsafe to allow (it can run code, "
+                        "touch files or reach other globals); pass allow_dangerous=True to "
+                        "list it anyway"
+                    )
+        self._pairs = checked
+        self._dangerous_ok = allow_dangerous
+
+    @property
+    def allow_dangerous(self) -> bool:
+        """Whether known-dangerous names may be listed and resolved."""
+        return self._dangerous_ok
+
+    @property
+    def pairs(self) -> frozenset[Pair]:
+        """The allowed ``(module, qualified name)`` pairs."""
+        return self._pairs
+
+    def __contains__(self, pair: object) -> bool:
+        return pair in self._pairs
+
+    def __iter__(self) -> Iterator[Pair]:
+        return iter(sorted(self._pairs))
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Allowlist):
+            return NotImplemented
+        return (self._pairs, self.allow_dangerous) == (other._pairs, other.allow_dangerous)
+
+    def __hash__(self) -> int:
+        return hash((self._pairs, self.allow_dangerous))
+
+    def __or__(self, other: Allowlist | Iterable[Pair]) -> Allowlist:
+        other = as_allowlist(other)
+        dangerous = self.allow_dangerous or other.allow_dangerous
+        return Allowlist(self._pairs | other._pairs, allow_dangerous=dangerous)
+
+    __ror__ = __or__
+
+    def __repr__(self) -> str:
+        flag = ", allow_dangerous=True" if self.allow_dangerous else ""
+        return f"Allowlist({sorted(self._pairs)!r}{flag})"
+
+    def find_class(self, module: str, name: str, *, fix_imports: bool = True) -> Any:
+        """Resolve the global ``module.name`` if the allowlist permits it.
+
+        The pair is judged after the ``fix_imports`` mapping (so ``__builtin__.eval`` is judged
+        as ``builtins.eval``) and before anything is imported; then the module is imported and
+        the (possibly dotted) name looked up, as ``pickle.Unpickler.find_class`` does. Raises
+        `ForbiddenGlobal` if the pair is not listed, or if it resolves to a module or to a
+        known-dangerous object; ``ImportError``/``AttributeError`` if it does not exist.
+        """
+        module, name = map_python2(module, name, fix_imports)
+        if (module, name) not in self._pairs:
+            raise ForbiddenGlobal(module, name)
+        sys.audit("pickle.find_class", module, name)
+        __import__(module, level=0)
+        obj: Any = sys.modules[module]
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        if isinstance(obj, types.ModuleType):
+            raise ForbiddenGlobal(module, name, "is a module; list the names you need in it")
+        canonical = (getattr(obj, "__module__", None), getattr(obj, "__qualname__", None))
+        if (
+            not self.allow_dangerous
+            and isinstance(canonical[0], str)
+            and isinstance(canonical[1], str)
+            and is_dangerous(canonical[0], canonical[1])
+        ):
+            raise ForbiddenGlobal(
+                module, name, f"is an alias of {canonical[0]}.{canonical[1]}, a dangerous name"
+            )
+        return obj
+
+
+def _check_pair(pair: Any) -> Pair:
+    if (
+        not isinstance(pair, tuple)
+        or len(pair) != 2
+        or not all(isinstance(part, str) and part for part in pair)
+    ):
+        raise TypeError(f"an allowlist entry must be a (module, qualname) tuple, got {pair!r}")
+    return pair
+
+
+#: What ``allow=`` accepts: an `Allowlist`, any iterable of pairs, or ``None`` (unrestricted).
+AllowSpec = Allowlist | Iterable[Pair] | None
+
+
+def as_allowlist(allow: Allowlist | Iterable[Pair]) -> Allowlist:
+    """Return *allow* as an `Allowlist` (an iterable of pairs is checked as `Allowlist` does)."""
+    return allow if isinstance(allow, Allowlist) else Allowlist(allow)
+
+
+#: Builtin data types that need a global: set, frozenset, bytearray, complex, slice, range, the
+#: two singletons, and ``_codecs.encode`` and ``bytes``, which protocols 0-2 use for ``bytes``.
+#: Plain ints, floats, strings, bytes (protocol 3+), lists, tuples, dicts, bools and None need
+#: no global at all and load under any allowlist, even an empty one.
+ALLOW_BUILTINS = Allowlist(
+    [("builtins", name) for name in (
+        "bytearray", "bytes", "complex", "Ellipsis", "frozenset", "NotImplemented", "range",
+        "set", "slice",
+    )]
+    + [("_codecs", "encode")]
+)  # fmt: skip
+#: ``collections`` types implemented in C (``Counter`` is a Python class: see docs/security.md).
+#: A ``defaultdict``'s factory is a global of its own and must be allowed separately.
+ALLOW_COLLECTIONS = Allowlist(
+    ("collections", name) for name in ("OrderedDict", "defaultdict", "deque")
+)
+#: ``datetime`` types; protocols 0-2 also need ``_codecs.encode`` for their state.
+ALLOW_DATETIME = Allowlist(
+    [("datetime", name) for name in ("date", "datetime", "time", "timedelta", "timezone")]
+    + [("_codecs", "encode")]
+)
+#: ``decimal.Decimal``.
+ALLOW_DECIMAL = Allowlist([("decimal", "Decimal")])

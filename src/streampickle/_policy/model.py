@@ -1,0 +1,306 @@
+"""The vetting pass's model of values: what the unpickler's stack and memo hold, as far as
+a restricted load needs to know, and the table of callables whose calls it sizes."""
+
+from __future__ import annotations
+
+from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .allowlist import Pair, map_python2
+
+# The model of the unpickler's stack and memo, and of the calls it makes
+#
+# Calls are where a few bytes can become gigabytes: ``bytes(10**9)``, ``set(range(10**9))``,
+# or a big object received once and copied by many calls through the memo. The vetting pass
+# keeps a model of every value on the unpickler's stack and in its memo: the callable a
+# GLOBAL/STACK_GLOBAL/INST names, literal ints, the lengths of strings, bytes, containers
+# (also as APPEND/SETITEM/ADDITEMS grow them) and ranges, the items of small tuples. Each call
+# of a callable in `CALLABLES` is then sized before the unpickler makes it: what it builds (a
+# bytes/bytearray's bytes, a container's items, what an iteration copies) is added up, and the
+# total may exceed twice the bytes received so far by at most ``max_expansion``. Every pickle the
+# standard library writes stays well within that: its calls copy what was sent, at most twice
+# over (protocols 0-2 write a bytearray as ``bytearray(_codecs.encode(text, "latin1"))``).
+#
+# The callables of the presets, and why each is or is not an amplifier:
+#
+# * ``bytes``, ``bytearray``: ``bytes(n)`` zero-fills n bytes; from an iterable (a ``range``)
+#   or a buffer they copy its length; from a str and an encoding, see ``_codecs.encode``.
+#   Modelled. (NEWOBJ's ``bytearray.__new__`` ignores its arguments: sized as a call anyway.)
+# * ``set``, ``frozenset``; ``collections.deque``, ``OrderedDict``, ``defaultdict`` (its
+#   second argument): copy an iterable or mapping. Modelled, and so are ``list``, ``tuple``,
+#   ``dict``, ``dict.fromkeys``, ``sorted``, ``collections.Counter`` and
+#   ``OrderedDict.fromkeys`` for allowlists that list them. A ``deque``'s *maxlen* bounds its
+#   memory, not the time spent iterating, so the whole iterable counts.
+# * ``range``: 48 bytes whatever its length, but an iterable of any length: a call fed a range
+#   is sized by the range's length; a range whose bounds are not literal ints below 2**63 has
+#   no known length, and a modelled call fed one is refused.
+# * ``_codecs.encode(obj, encoding, errors)``: output per input character up to ~92 bytes
+#   (``errors="namereplace"``: ``\N{...}``) plus headers (bz2). Sized as its input for
+#   latin-1/ASCII with strict errors (what protocols 0-2 write), 4x for UTF-8, otherwise
+#   `_WORST_CODEC_FACTOR`x plus `_WORST_CODEC_OVERHEAD`.
+# * ``decimal.Decimal``: its digits are as long as the string or digit tuple it parses (an
+#   exponent costs nothing: ``Decimal("1e999999999")`` is small). Sized as that length; an int
+#   argument is below 2**63 (longer ints are not modelled, and refused here).
+# * ``complex``, ``slice``, the ``datetime`` types: fixed-size objects (ints checked against
+#   their ranges, ``complex`` parses a string into two floats, ``slice`` and ``timezone`` keep
+#   references). ``Ellipsis`` and ``NotImplemented`` are not callable. Not modelled: trusted.
+# * ``copyreg._reconstructor``/``__newobj__``/``__newobj_ex__`` call their base or class: the
+#   model follows them (``_reconstructor(set, set, range(10**9))`` fills a set).
+#
+# No preset reaches ``str.__mul__`` or similar: methods are globals of their own, allowed only
+# if their dotted pair is listed, and no opcode multiplies or formats. Callables that walk
+# nested objects (``str``, ``repr``, ``collections.UserString``...) cannot be bounded by a
+# container's length: do not allow them. Callables not in `CALLABLES` (the fixed-size ones
+# above, and whatever else an allowlist lists) are called with the sender's arguments unsized.
+
+
+class Sized:
+    """The model of an object whose length is known (a str, bytes, tuple, frozenset, range,
+    or what a modelled call built); ``size`` is None for a range of unknown length."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int | None) -> None:
+        self.size = size
+
+
+class Box(Sized):
+    """The model of a mutable container (list, dict, set, bytearray, deque...): APPEND(S),
+    SETITEM(S) and ADDITEMS add to its size, seen through every reference to it."""
+
+    __slots__ = ()
+
+
+#: A call's arguments are kept in the model of a tuple up to this many (every modelled
+#: callable takes fewer; a longer tuple is only a length).
+ARGS_KEPT = 8
+
+
+class Tuple(Sized):
+    """The model of a tuple; ``items`` holds its items' models if it has at most `ARGS_KEPT`."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[Any]) -> None:
+        super().__init__(len(items))
+        self.items = tuple(items) if len(items) <= ARGS_KEPT else None
+
+
+class Opaque:
+    """A value the model knows nothing about; ``what`` describes it for error messages."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"<{self.what}>"
+
+
+#: The result of a call the model does not follow, a persistent ID or an out-of-band buffer.
+ANY = Opaque("an object built by a call the vetting pass does not model")
+#: A global that is not in `CALLABLES`: the allowlist lets it through, calls of it are trusted.
+FOREIGN = Opaque("a global")
+#: A memo entry that was never put (the unpickler will fail on it).
+MISSING = Opaque("a missing memo entry")
+#: Literal ints are modelled below this magnitude (a longer one is `ANY`: not kept, and a
+#: size or range bound that large is refused).
+BIG = 1 << 63
+_SIZES = tuple(Sized(size) for size in range(256))  # shared: immutable, and common
+EMPTY_TUPLE = Tuple([])
+
+
+def sized(size: int) -> Sized:
+    return _SIZES[size] if size < 256 else Sized(size)
+
+
+class Unsized(Exception):
+    """A modelled call is given a value whose length the model does not know."""
+
+
+def length(value: Any) -> int:
+    """How many items, bytes or characters copying *value* yields; 0 for what cannot be
+    iterated (the call will fail); `Unsized` for what the model cannot size."""
+    if type(value) is str:
+        return len(value)
+    if isinstance(value, Sized):
+        if value.size is None:
+            raise Unsized("a range whose bounds are not literal ints below 2**63")
+        return value.size
+    if value is None or type(value) in (int, bool):
+        return 0
+    raise Unsized(value.what if isinstance(value, Opaque) else "a global")
+
+
+#: Output bytes per input character of ``str.encode`` with strict errors, for the encodings
+#: pickles use; any other encoding or error handler gets the worst factor of the codecs.
+_CODEC_FACTORS = dict.fromkeys(
+    ["latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "ascii", "us-ascii"], 1
+) | dict.fromkeys(["utf-8", "utf8", "utf_8"], 4)
+_WORST_CODEC_FACTOR = 100  # "\N{...}" of the longest character name (88) is 92 bytes
+_WORST_CODEC_OVERHEAD = 1024  # headers: bz2 writes ~40 bytes for one byte
+
+
+def _encoded_size(source: Any, encoding: Any = "utf-8", errors: Any = "strict") -> int:
+    size = length(source)
+    factor = _CODEC_FACTORS.get(encoding) if errors == "strict" else None
+    if factor is None:
+        return size * _WORST_CODEC_FACTOR + _WORST_CODEC_OVERHEAD
+    return size * factor
+
+
+#: A modelled callable's model: its positional arguments' models -> (the items or bytes the
+#: call builds, the model of its result). `Unsized` if an argument cannot be sized.
+Model = Callable[[tuple[Any, ...]], tuple[int, Any]]
+
+
+def _byte_string(result: Callable[[int], Sized]) -> Model:
+    """``bytes``/``bytearray``: empty, zero-filled to an int, a copy, or an encoded str."""
+
+    def model(args: tuple[Any, ...]) -> tuple[int, Any]:
+        if not args:
+            return 0, result(0)
+        if len(args) > 1:
+            size = _encoded_size(*args[:3])
+        elif type(args[0]) in (int, bool):
+            size = max(args[0], 0)
+        else:
+            size = length(args[0])
+        return size, result(size)
+
+    return model
+
+
+def _copy(result: Callable[[int], Sized], position: int = 0) -> Model:
+    """A constructor that copies the iterable or mapping it gets at *position*."""
+
+    def model(args: tuple[Any, ...]) -> tuple[int, Any]:
+        size = length(args[position]) if len(args) > position else 0
+        return size, result(size)
+
+    return model
+
+
+def _range(args: tuple[Any, ...]) -> tuple[int, Any]:
+    if not 1 <= len(args) <= 3 or not all(type(arg) in (int, bool) for arg in args):
+        return 0, Sized(None)  # bounds too big for the model, or not ints (the call fails)
+    start, stop, step = (0, args[0], 1) if len(args) == 1 else (*args, 1)[:3]
+    if step == 0:
+        return 0, None  # ValueError
+    return 0, Sized(max(0, (stop - start + step - (1 if step > 0 else -1)) // step))
+
+
+def _decimal(args: tuple[Any, ...]) -> tuple[int, Any]:
+    value = args[0] if args else None
+    if type(value) is Tuple and value.items is not None and len(value.items) == 3:
+        return length(value.items[1]), None  # (sign, digits, exponent)
+    return (0 if type(value) in (int, bool) else length(value)), None
+
+
+#: Models of the copyreg helpers: they call another callable, whose model applies.
+Forward = Callable[[tuple[Any, ...]], tuple[Any, tuple[Any, ...] | None]]
+
+
+def _reconstructor(args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...] | None]:
+    # base.__new__(cls, state) and base.__init__(obj, state): base(state) builds as much.
+    return (args[1], args[2:]) if len(args) == 3 else (FOREIGN, ())
+
+
+def _newobj(args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...] | None]:
+    return (args[0], args[1:]) if args else (FOREIGN, ())
+
+
+def _newobj_ex(args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...] | None]:
+    if len(args) != 3:
+        return FOREIGN, ()
+    return args[0], call_arguments(args[1], args[2])
+
+
+def call_arguments(args: Any, kwargs: Any = None) -> tuple[Any, ...] | None:
+    """The positional arguments' models of a call, or None if the model does not know them
+    (keyword arguments, a long or unknown tuple)."""
+    no_kwargs = kwargs is None or (type(kwargs) is Box and not kwargs.size)
+    return args.items if type(args) is Tuple and no_kwargs else None
+
+
+@dataclass(frozen=True)
+class ModelledCallable:
+    """A global whose calls the model sizes: *model* (or *forward*, for the copyreg helpers)."""
+
+    name: str
+    model: Model | None = None
+    forward: Forward | None = None
+
+
+def _table() -> dict[Pair, ModelledCallable]:
+    models: dict[Pair, Model] = {
+        ("builtins", "bytes"): _byte_string(sized),
+        ("builtins", "bytearray"): _byte_string(Box),
+        ("builtins", "range"): _range,
+        ("_codecs", "encode"): lambda args: (size := _encoded_size(*args[:3]), sized(size)),
+        ("decimal", "Decimal"): _decimal,
+        ("collections", "defaultdict"): _copy(Box, position=1),
+    }
+    for pair, result in [
+        (("builtins", "set"), Box), (("builtins", "frozenset"), sized),
+        (("builtins", "list"), Box), (("builtins", "tuple"), sized),
+        (("builtins", "dict"), Box), (("builtins", "dict.fromkeys"), Box),
+        (("builtins", "sorted"), Box), (("collections", "deque"), Box),
+        (("collections", "OrderedDict"), Box), (("collections", "OrderedDict.fromkeys"), Box),
+        (("collections", "Counter"), Box),
+    ]:  # fmt: skip
+        models[pair] = _copy(result)
+    models[("codecs", "encode")] = models[("_codecs", "encode")]
+    table = {pair: ModelledCallable(".".join(pair), model) for pair, model in models.items()}
+    for name, forward in [
+        ("_reconstructor", _reconstructor), ("__newobj__", _newobj), ("__newobj_ex__", _newobj_ex),
+    ]:  # fmt: skip
+        table[("copyreg", name)] = ModelledCallable(f"copyreg.{name}", forward=forward)
+    return table
+
+
+CALLABLES = _table()
+#: The strings the model keeps as values (others are only lengths): the parts of the pairs
+#: in `CALLABLES` and their Python 2 spellings (for STACK_GLOBAL), and encoding arguments.
+KEPT_STRINGS = frozenset(
+    {part for pair in CALLABLES for part in pair}
+    | {part for old, new in NAME_MAPPING.items() if new in CALLABLES for part in old}
+    | {old for old, new in IMPORT_MAPPING.items() if new in {m for m, _ in CALLABLES}}
+    | _CODEC_FACTORS.keys()
+    | {"strict"}
+)
+
+
+def model_global(module: Any, name: Any) -> Any:
+    """The model of the global ``module.name`` (strings as the model keeps them)."""
+    if type(module) is not str or type(name) is not str:
+        return FOREIGN
+    return CALLABLES.get(map_python2(module, name, True), FOREIGN)
+
+
+class Memo:
+    """The model of the unpickler's memo. It lives as long as the reader, as the unpickler's
+    memo lives across its ``load()`` calls. A list: the index is checked against
+    max_memo_size before it is put."""
+
+    __slots__ = ("count", "values")
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.count = 0  # entries put: where MEMOIZE puts, as in the C unpickler
+
+    def put(self, index: int, value: Any) -> None:
+        values = self.values
+        if index < 0:
+            return  # the unpickler refuses a negative index
+        if index >= len(values):
+            values.extend([MISSING] * (index + 1 - len(values)))
+        if values[index] is MISSING:
+            self.count += 1
+        values[index] = value
+
+    def get(self, index: int) -> Any:
+        return self.values[index] if 0 <= index < len(self.values) else MISSING

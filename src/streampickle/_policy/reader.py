@@ -1,0 +1,296 @@
+"""The vetting reader: the file a restricted unpickler reads, which hands on only bytes
+whose opcodes the stack rules (`.rules`) have checked, and the restriction that wraps a load."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+from .._exceptions import LimitExceeded, PolicyViolation
+from .._limits import Limits
+from .._opcodes import BY_CODE, LONGEST_FIXED_ARGUMENT, UNFRAMED_HEADERS, Opcodes, genops, opcodes
+from .._sansio import PIECE_SIZE
+from .allowlist import Allowlist, Pair, as_allowlist
+from .model import Memo
+from .rules import Rules
+
+__all__ = ["CheckedReader", "Restriction"]
+
+
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+class _Recorder:
+    """The file the opcode parser reads: forwards to *inner*, keeps every byte it returns, and
+    checks the byte limits before each read."""
+
+    def __init__(self, inner: _Readable, record: deque[bytes], limits: Limits) -> None:
+        self._inner = inner
+        self._record = record
+        self._limits = limits
+        self.position = 0  # stream offset of the next byte
+        self.start = 0  # stream offset where the current pickle started
+        self.eof = False  # the inner file returned less than asked
+        #: An exception the inner file raised: the file's own error, not the pickle's.
+        self.io_error: BaseException | None = None
+
+    def tell(self) -> int:
+        return self.position
+
+    def read(self, size: int) -> bytes:
+        """What the opcode parser calls: any read longer than a fixed argument is a payload."""
+        if size > LONGEST_FIXED_ARGUMENT:
+            # The pickle's total first, as aload's reader checks it (a same error either way).
+            self._limits.check("pickle", self.position - self.start + size, "max_object_size")
+            self._limits.check("payload", size, "max_payload_size")
+        return self.read_raw(size)
+
+    def read_raw(self, size: int) -> bytes:
+        """Read *size* bytes (fewer at end of stream), in pieces of at most `PIECE_SIZE`."""
+        self._limits.check("pickle", self.position - self.start + size, "max_object_size")
+        pieces = []
+        remaining = size
+        while remaining and not self.eof:
+            asked = min(remaining, PIECE_SIZE)
+            piece = self._call(self._inner.read, asked)
+            pieces.append(self._keep(piece, len(piece) < asked))
+            remaining -= len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def readline(self) -> bytes:
+        # One byte past the limit is enough to refuse the line: never buffer a longer one.
+        longest = self._limits.max_line_length
+        data = self._call(self._inner.readline, -1 if longest is None else longest + 1)
+        self._limits.check("line", len(data), "max_line_length")
+        self._limits.check("pickle", self.position - self.start + len(data), "max_object_size")
+        return self._keep(data, not data.endswith(b"\n"))
+
+    def _call(self, method: Callable[..., bytes], *args: int) -> bytes:
+        try:
+            return method(*args)
+        except BaseException as exc:
+            self.io_error = exc
+            raise
+
+    def _keep(self, data: bytes, short: bool) -> bytes:
+        if data:
+            self._record.append(data)
+        self.position += len(data)
+        self.eof = self.eof or short
+        return data
+
+
+class CheckedReader:
+    """The file a restricted unpickler reads: it hands on only bytes whose opcodes were checked.
+
+    It parses the stream (``pickletools.genops``) ahead of the C unpickler and hands on bytes
+    only up to the end of the last opcode checked, so the unpickler never acts on an unchecked
+    opcode. Refused with `PolicyViolation`: EXT1/EXT2/EXT4, an opcode straddling its frame's
+    end, a FRAME inside a frame, a frame running past STOP. Refused with `LimitExceeded`: what
+    exceeds one of *limits* (all of them are checked here, before the bytes are read or the
+    unpickler acts on the opcode). Malformed opcodes, and opcodes that pop more than the stack
+    holds, raise ``UnpicklingError``. After any of these, every later read raises the same
+    error: the stream cannot be resynchronised. A stream that ends early gives a short read,
+    so the unpickler raises its usual ``EOFError``/``UnpicklingError``.
+
+    It reads *inner* with ``read``/``readline`` only, never past the pickle's STOP: one read
+    per frame (checked as a whole, at C speed), one per field outside frames. It has no
+    ``peek``, so the unpickler never reads ahead of it. Cost: the check of each opcode (about
+    the C unpickler's own time again for framed pickles of small objects, several times that
+    outside frames, i.e. at protocols 0-3), and a frame, or a payload following one, is held
+    here until the unpickler has copied it.
+    """
+
+    def __init__(self, inner: _Readable, limits: Limits | None = None) -> None:
+        self._pending: deque[bytes] = deque()  # raw bytes read, not yet handed on
+        self._head = 0  # offset already handed on in _pending[0]
+        self._handed = 0  # stream offset of the next byte to hand on
+        self._checked = 0  # stream offset of the end of the last opcode checked
+        self._limits = Limits() if limits is None else limits
+        self._recorder = _Recorder(inner, self._pending, self._limits)
+        self._ops: Opcodes | None = None
+        self._memo = Memo()  # the model of the unpickler's memo, which outlives a pickle
+        self._rules = Rules(self._limits, self._memo)
+        #: The error that stopped this reader, raised again by every later read.
+        self.failure: pickle.UnpicklingError | None = None
+
+    # -- the file interface the C unpickler uses ---------------------------------------------
+
+    def read(self, size: int = -1) -> bytes:
+        parts = list(self._take(size))
+        whole = parts[0].obj if len(parts) == 1 else None
+        if isinstance(whole, bytes) and len(whole) == len(parts[0]):
+            return whole  # a whole chunk (a frame, a payload): no copy
+        return b"".join(parts)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        for part in self._take(len(view)):
+            view[filled : filled + len(part)] = part
+            filled += len(part)
+        return filled
+
+    def readline(self, size: int = -1) -> bytes:
+        line = bytearray()
+        while not line.endswith(b"\n") and (available := self._available(1)):
+            # Outside frames the pending chunks are what the parser read: lines, or fields.
+            head = bytes(memoryview(self._pending[0])[self._head : self._head + available])
+            end = head.find(b"\n")
+            line += b"".join(self._take(len(head) if end < 0 else end + 1))
+        return bytes(line)
+
+    @property
+    def io_error(self) -> BaseException | None:
+        """The last exception the wrapped file raised (its own error, not the pickle's)."""
+        return self._recorder.io_error
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _available(self, wanted: int) -> int:
+        """Check opcodes until *wanted* bytes may be handed on, or the input ends; return how
+        many may be handed on now."""
+        if self.failure is not None:
+            raise self.failure
+        while self._checked - self._handed < wanted and self._step():
+            pass
+        return self._checked - self._handed
+
+    def _step(self) -> bool:
+        """Check one more opcode (a whole frame after FRAME); ``False`` if the input ended."""
+        if self._ops is None:  # a new pickle starts (the unpickler never reads past STOP)
+            self._ops = opcodes(self._recorder)
+            self._rules = Rules(self._limits, self._memo, self._recorder.position)
+            self._recorder.start = self._recorder.position
+        try:
+            opcode, arg, start, end = next(self._ops)
+            self._rules.check(opcode.name, arg, start, end)
+            if opcode.name == "FRAME":
+                end = self._check_frame(end, arg)
+            elif opcode.name == "STOP":
+                self._ops = None
+        except pickle.UnpicklingError as exc:
+            if self._recorder.eof and not isinstance(exc, (PolicyViolation, LimitExceeded)):
+                self._ops = None  # truncated: the unpickler reports it its usual way
+                return False
+            self.failure = exc
+            raise
+        if self._recorder.eof:  # a frame or payload cut short: never hand it on
+            return False
+        self._checked = end
+        return True
+
+    def _check_frame(self, start: int, size: int) -> int:
+        """Read and check the frame of *size* bytes at *start*, and the payload that may follow
+        it; return where what was checked ends."""
+        self._limits.check("frame", size, "max_frame_size")
+        frame = self._recorder.read_raw(size)
+        if len(frame) < size:
+            return start
+        # A straddling or malformed opcode makes genops fail, which _check_payload sorts out.
+        file = io.BytesIO(frame)
+        last = 0  # frame offset of the end of the last complete opcode
+        try:
+            for opcode, arg, _ in genops(file):
+                self._rules.check(opcode.name, arg, start + last, start + file.tell())
+                if opcode.name == "STOP":
+                    self._ops = None
+                last = file.tell()
+        except ValueError:  # the frame ended: between opcodes, or inside one
+            if last == len(frame):
+                return start + last
+            return self._check_payload(frame, start, last)
+        return start + last
+
+    def _check_payload(self, frame: bytes, start: int, last: int) -> int:
+        """The frame ended inside the opcode at *last*: accept it only if that is a payload
+        opcode whose header ends the frame, and read the payload; return where it ends."""
+        opcode = BY_CODE.get(chr(frame[last]))
+        name = "an unknown opcode" if opcode is None else opcode.name
+        header = frame[last:]
+        if opcode is None or UNFRAMED_HEADERS.get(opcode.name) != len(header):
+            raise PolicyViolation(
+                f"{name} at position {start + last} is malformed or straddles the end of its "
+                "frame (pickle's frame rules forbid that; CPython's C unpickler reads through)",
+                start + last,
+            )
+        size = int.from_bytes(header[1:], "little")
+        end = start + len(frame) + size
+        self._rules.check(opcode.name, None, start + last, end)  # before reading the payload
+        self._recorder.read(size)
+        return start if self._recorder.eof else end
+
+    def _take(self, size: int) -> Iterator[memoryview]:
+        """Hand on up to *size* checked bytes (all of them if negative), as views in order."""
+        remaining = self._available(size if size >= 0 else sys.maxsize)
+        if size >= 0:
+            remaining = min(remaining, size)
+        while remaining:
+            head = memoryview(self._pending[0])[self._head :]
+            part = head[:remaining]
+            remaining -= len(part)
+            self._handed += len(part)
+            if len(part) == len(head):
+                self._pending.popleft()
+                self._head = 0
+            else:
+                self._head += len(part)
+            yield part
+
+
+#: What the C unpickler and the callables it calls raise for data that makes no sense.
+_BAD_DATA_ERRORS = (ArithmeticError, AttributeError, LookupError, TypeError, ValueError)
+
+
+class Restriction:
+    """What a restricted `Unpickler` holds: its allowlist and the `CheckedReader` it reads.
+
+    The unpickler reads ``reader`` (which reads *source* within *limits*) and calls
+    `find_class` for every global it meets.
+    """
+
+    __slots__ = ("allowlist", "fix_imports", "reader")
+
+    def __init__(
+        self,
+        allow: Allowlist | Iterable[Pair],
+        source: _Readable,
+        fix_imports: bool,
+        limits: Limits | None = None,
+    ) -> None:
+        self.allowlist = as_allowlist(allow)
+        self.fix_imports = fix_imports
+        self.reader = CheckedReader(source, limits)
+
+    def run(self, load: Callable[[], Any]) -> Any:
+        """Call the unpickler's *load*; a restricted load of bad data raises only
+        ``UnpicklingError`` (or a subclass) or ``EOFError``.
+
+        The C unpickler turns any ``UnpicklingError`` raised by the file while it reads an
+        opcode byte into ``EOFError("Ran out of input")``; the reader's error is restored here.
+        The errors the unpickler raises when opcodes apply to the wrong kind of object
+        (``TypeError`` for an unhashable dict key, ``ValueError`` for a bad literal...), and
+        those of allowed callables given bad arguments, become ``UnpicklingError`` with the
+        original as ``__cause__``. The file's own errors pass through unchanged.
+        """
+        try:
+            return load()
+        except Exception as exc:
+            failure = self.reader.failure
+            if failure is not None and failure is not exc:
+                raise failure from None
+            if isinstance(exc, _BAD_DATA_ERRORS) and exc is not self.reader.io_error:
+                raise pickle.UnpicklingError(
+                    f"bad pickle data: {type(exc).__name__}: {exc}"
+                ) from exc
+            raise
+
+    def find_class(self, module: str, name: str) -> Any:
+        """`Allowlist.find_class` with this unpickler's ``fix_imports``."""
+        return self.allowlist.find_class(module, name, fix_imports=self.fix_imports)

@@ -1,0 +1,421 @@
+"""The stack rules: opcode by opcode, what a restricted load refuses, and what each opcode
+does to the model of the stack and memo (`.model`)."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from .._exceptions import PolicyViolation
+from .._limits import Limits
+from .._opcodes import BY_NAME, LENGTH_FIELDS, MARK, UNFRAMED_HEADERS
+from .model import (
+    ANY,
+    ARGS_KEPT,
+    BIG,
+    EMPTY_TUPLE,
+    KEPT_STRINGS,
+    Box,
+    Memo,
+    ModelledCallable,
+    Sized,
+    Tuple,
+    Unsized,
+    call_arguments,
+    length,
+    model_global,
+    sized,
+)
+
+__all__ = ["EXTENSION_OPCODES", "MEMO_PUT", "Rules"]
+
+EXTENSION_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
+MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+class Rules:
+    """Refuses, opcode by opcode in stream order, what a restricted load must not act on, and
+    counts what one pickle uses of the opcode `Limits`.
+
+    It keeps a model of the unpickler's stack (values as described above, and the depths at
+    which the open marks were set; items below the topmost mark, the "fence", cannot be
+    popped) and of its memo (*memo*, shared by the pickles of one reader). *origin* is the
+    stream offset where the pickle starts. This runs for every opcode, so the common case is
+    kept to a few operations.
+    """
+
+    def __init__(self, limits: Limits, memo: Memo | None = None, origin: int = 0) -> None:
+        self.limits = limits
+        self.memo = Memo() if memo is None else memo
+        self.origin = origin
+        self.frame_end = -1  # stream offset where the current frame ends
+        self.opcodes = 0
+        self.stack: list[Any] = []
+        self.fence = 0
+        self.marks: list[int] = []
+        self.memo_writes = 0
+        self.built = 0  # items and bytes that the modelled calls build
+        self.max_opcodes = _or_max(limits.max_opcodes)
+        self.max_stack_depth = _or_max(limits.max_stack_depth)
+
+    def check(self, name: str, arg: Any, start: int, end: int) -> None:
+        """Raise `PolicyViolation` if the opcode *name* at ``[start, end)`` is refused,
+        `LimitExceeded` if it exceeds a limit, ``UnpicklingError`` if it underflows the stack."""
+        if name in _FRAMING or start < self.frame_end < end:
+            self._check_framing(name, arg, start, end)
+        self.opcodes += 1
+        if self.opcodes > self.max_opcodes:
+            self.limits.check("pickle", self.opcodes, "max_opcodes", unit="opcodes")
+        if name in _SIZED:
+            self._check_size(name, arg, end - start)
+        _MODEL.get(name, _unknown_opcode)(self, name, arg, start, end)
+        if len(self.stack) + len(self.marks) > self.max_stack_depth:
+            depth = len(self.stack) + len(self.marks)
+            self.limits.check("stack", depth, "max_stack_depth", unit="items")
+
+    def _check_framing(self, name: str, arg: Any, start: int, end: int) -> None:
+        if start < self.frame_end:
+            if name == "FRAME":
+                self._refuse(f"FRAME at position {start} is inside another frame", start)
+            if end > self.frame_end and start + UNFRAMED_HEADERS.get(name, 0) != self.frame_end:
+                self._refuse(
+                    f"{name} at position {start} straddles the end of its frame (pickle's "
+                    "frame rules forbid it; CPython's C unpickler reads through it)",
+                    start,
+                )
+            if name == "STOP" and end != self.frame_end:
+                self._refuse(f"the frame around STOP at position {start} runs past it", start)
+        if name == "FRAME":
+            self.frame_end = end + arg
+        elif name in EXTENSION_OPCODES:
+            self._refuse(
+                f"{name} (copyreg extension code {arg}) at position {start} is refused under "
+                "an allowlist: extension codes reach cached objects without find_class",
+                start,
+            )
+
+    def _check_size(self, name: str, arg: Any, length: int) -> None:
+        """Check a payload's size, or a memo index, against its limit."""
+        field = LENGTH_FIELDS.get(name)
+        if field is not None:
+            self.limits.check(f"{name} payload", length - 1 - field.width, "max_payload_size")
+            return
+        # The C unpickler grows its memo table to the index put (MEMOIZE puts at the number
+        # of entries), so the index is what costs memory.
+        index = arg if name != "MEMOIZE" else self.memo.count
+        self.memo_writes += 1
+        entries = max(index + 1, self.memo_writes)
+        self.limits.check("memo", entries, "max_memo_size", unit="entries")
+
+    # -- the stack -------------------------------------------------------------------------
+
+    def pop(self, count: int, name: str, start: int) -> list[Any]:
+        """Pop *count* items (``UnpicklingError`` if the fence is in the way)."""
+        stack = self.stack
+        keep = len(stack) - count
+        if keep < self.fence:
+            self._underflow(name, start)
+        popped = stack[keep:]
+        del stack[keep:]
+        return popped
+
+    def pop_mark(self, name: str, start: int, below: int = 0) -> list[Any]:
+        """Pop the items above the topmost mark, and the mark; *below* items must stay under
+        it, above the next fence (the list APPENDS extends...)."""
+        marks = self.marks
+        if not marks:
+            raise pickle.UnpicklingError(
+                f"malformed pickle: {name} at position {start} finds no MARK"
+            )
+        mark = marks.pop()
+        self.fence = marks[-1] if marks else 0
+        if mark - below < self.fence:
+            self._underflow(name, start)
+        items = self.stack[mark:]
+        del self.stack[mark:]
+        return items
+
+    def need(self, count: int, name: str, start: int) -> None:
+        """``UnpicklingError`` unless *count* items are above the fence."""
+        if len(self.stack) - count < self.fence:
+            self._underflow(name, start)
+
+    def grow(self, target: Any, items: int) -> None:
+        """APPEND(S)/SETITEM(S)/ADDITEMS added *items* to the container modelled by *target*."""
+        if type(target) is Box and target.size is not None:
+            target.size += items
+
+    @staticmethod
+    def _underflow(name: str, start: int) -> NoReturn:
+        raise pickle.UnpicklingError(
+            f"malformed pickle: {name} at position {start} pops more than the stack holds"
+        )
+
+    @staticmethod
+    def _refuse(message: str, position: int) -> None:
+        raise PolicyViolation(message, position)
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def call(
+        self, func: Any, args: tuple[Any, ...] | None, start: int, end: int, hops: int = 0
+    ) -> Any:
+        """The model of what calling *func* with *args* (positional arguments' models, None if
+        unknown) returns; charge what it builds. `PolicyViolation` if *func* is modelled and
+        its arguments are not known or cannot be sized, or if copyreg helpers call each other
+        more than `_MAX_HOPS` deep (*hops* counts them)."""
+        if type(func) is not ModelledCallable:
+            if func is ANY and args is not None:  # a call's result called: size it crudely
+                self.charge("a call of a call's result", _crude_size(args), start, end)
+            return ANY  # FOREIGN: a global the allowlist trusts
+        if args is None:
+            self._refuse(
+                f"{func.name} at position {start} is called with keyword arguments or more "
+                f"than {ARGS_KEPT} arguments: the vetting pass cannot size the call",
+                start,
+            )
+            return ANY
+        try:
+            if func.forward is not None:
+                if hops == _MAX_HOPS:
+                    raise Unsized(f"copyreg helpers calling each other {hops} deep")
+                return self.call(*func.forward(args), start, end, hops + 1)
+            assert func.model is not None
+            built, result = func.model(args)
+        except Unsized as exc:
+            self._refuse(
+                f"{func.name} at position {start} is given {exc}: a restricted load cannot "
+                "bound what the call would build",
+                start,
+            )
+            return ANY
+        if built:
+            self.charge(func.name, built, start, end)
+        return result
+
+    def charge(self, name: str, built: int, start: int, end: int) -> None:
+        """Add *built* to what the pickle's calls built; `LimitExceeded` if that exceeds twice
+        the bytes received by more than max_expansion."""
+        self.built += built
+        received = end - self.origin
+        self.limits.check(
+            f"what calls built beyond twice the {received} bytes received "
+            f"(the last, {name} at position {start})",
+            self.built - 2 * received,
+            "max_expansion",
+            unit="items or bytes",
+        )
+
+
+#: How deep copyreg helpers may call each other (one level is what pickles need).
+_MAX_HOPS = 4
+
+
+def _crude_size(args: tuple[Any, ...]) -> int:
+    """An upper bound of what a callable the model cannot see builds from *args*: ints taken
+    as sizes, and the lengths of what it could copy."""
+    total = 0
+    for arg in args:
+        if type(arg) in (int, bool):
+            total += max(arg, 0)
+        elif type(arg) is str or (isinstance(arg, Sized) and arg.size is not None):
+            total += length(arg)
+    return total
+
+
+def _or_max(limit: int | None) -> int:
+    return sys.maxsize if limit is None else limit
+
+
+_FRAMING = EXTENSION_OPCODES | {"FRAME", "STOP"}
+_SIZED = LENGTH_FIELDS.keys() | MEMO_PUT | {"MEMOIZE"}
+
+
+# -- what each opcode does to the model ------------------------------------------------------
+# Each takes (rules, name, arg, start, end). The checks of the stack are the C unpickler's.
+
+Handler = Callable[[Rules, str, Any, int, int], None]
+
+
+def _pusher(value: Callable[[Any], Any]) -> Handler:
+    def push(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+        rules.stack.append(value(arg))
+
+    return push
+
+
+def _payload_pusher(kind: Callable[[int], Sized], text: bool = False) -> Handler:
+    """A str/bytes/bytearray push. Its argument is None for a payload read after its frame."""
+
+    def push(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+        if arg is None:
+            rules.stack.append(kind(end - start - UNFRAMED_HEADERS[name]))
+        elif text and arg in KEPT_STRINGS:
+            rules.stack.append(arg)
+        else:
+            rules.stack.append(kind(len(arg)))
+
+    return push
+
+
+def _builder(count: int | None, build: Callable[[list[Any]], Any]) -> Handler:
+    """An opcode that pops *count* items (those above the mark if None) and pushes one."""
+
+    def handle(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+        items = rules.pop_mark(name, start) if count is None else rules.pop(count, name, start)
+        rules.stack.append(build(items))
+
+    return handle
+
+
+def _grower(count: int | None, per_item: int = 1) -> Handler:
+    """APPEND/SETITEM (*count* items) and APPENDS/SETITEMS/ADDITEMS (those above the mark)
+    add to the container below them."""
+
+    def handle(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+        if count is None:
+            items = len(rules.pop_mark(name, start, below=1))
+        else:
+            rules.need(count + 1, name, start)
+            del rules.stack[-count:]
+            items = count
+        rules.grow(rules.stack[-1], items // per_item)
+
+    return handle
+
+
+def _put(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.need(1, name, start)
+    rules.memo.put(arg if name != "MEMOIZE" else rules.memo.count, rules.stack[-1])
+
+
+def _get(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.stack.append(rules.memo.get(arg))
+
+
+def _dup(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.need(1, name, start)
+    rules.stack.append(rules.stack[-1])
+
+
+def _mark(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.fence = len(rules.stack)
+    rules.marks.append(rules.fence)
+
+
+def _pop(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    if rules.marks and rules.marks[-1] == len(rules.stack):  # pops the mark, as C does
+        rules.pop_mark(name, start)
+    else:
+        rules.pop(1, name, start)
+
+
+def _pop_only(count: int) -> Handler:
+    """BUILD and READONLY_BUFFER: they need *count* items and pop all but one."""
+
+    def handle(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+        rules.need(count, name, start)
+        del rules.stack[len(rules.stack) - count + 1 :]
+
+    return handle
+
+
+def _stack_global(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.stack.append(model_global(*rules.pop(2, name, start)))
+
+
+def _reduce(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    func, args = rules.pop(2, name, start)
+    rules.stack.append(rules.call(func, call_arguments(args), start, end))
+
+
+def _reduce_ex(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    func, args, kwargs = rules.pop(3, name, start)
+    rules.stack.append(rules.call(func, call_arguments(args, kwargs), start, end))
+
+
+def _obj(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    items = rules.pop_mark(name, start)
+    if not items:
+        rules._underflow(name, start)
+    args = tuple(items[1:]) if len(items) <= ARGS_KEPT + 1 else None
+    rules.stack.append(rules.call(items[0], args, start, end))
+
+
+def _inst(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    items = rules.pop_mark(name, start)
+    args = tuple(items) if len(items) <= ARGS_KEPT else None
+    rules.stack.append(rules.call(model_global(*arg.split(" ", 1)), args, start, end))
+
+
+def _stop(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.pop(1, name, start)
+
+
+def _pop_mark(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.pop_mark(name, start)
+
+
+def _nothing(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    pass
+
+
+def _unknown_opcode(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    """An opcode newer than this model: its stack effect from pickletools, results unknown."""
+    opcode = BY_NAME[name]
+    if MARK in opcode.stack_before:
+        rules.pop_mark(name, start, below=opcode.stack_before.index(MARK))
+        rules.pop(opcode.stack_before.index(MARK), name, start)
+    else:
+        rules.pop(len(opcode.stack_before), name, start)
+    rules.stack.extend(ANY for _ in opcode.stack_after)
+
+
+_push_int = _pusher(lambda arg: arg if -BIG < arg < BIG else ANY)
+_push_text = _payload_pusher(sized, text=True)
+_TEXT_OPCODES = ["STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE"]
+_TEXT_OPCODES += ["SHORT_BINUNICODE", "BINUNICODE8"]
+_MODEL: dict[str, Handler] = {
+    **dict.fromkeys(["INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"], _push_int),
+    **dict.fromkeys(["NONE", "FLOAT", "BINFLOAT"], _pusher(lambda arg: None)),
+    "NEWTRUE": _pusher(lambda arg: True),
+    "NEWFALSE": _pusher(lambda arg: False),
+    **dict.fromkeys(["PERSID", "NEXT_BUFFER"], _pusher(lambda arg: ANY)),
+    **dict.fromkeys(_TEXT_OPCODES, _push_text),
+    **dict.fromkeys(["BINBYTES", "SHORT_BINBYTES", "BINBYTES8"], _payload_pusher(sized)),
+    "BYTEARRAY8": _payload_pusher(Box),
+    **dict.fromkeys(["EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"], _pusher(lambda arg: Box(0))),
+    "EMPTY_TUPLE": _pusher(lambda arg: EMPTY_TUPLE),
+    "TUPLE": _builder(None, Tuple),
+    "TUPLE1": _builder(1, Tuple),
+    "TUPLE2": _builder(2, Tuple),
+    "TUPLE3": _builder(3, Tuple),
+    "LIST": _builder(None, lambda items: Box(len(items))),
+    "DICT": _builder(None, lambda items: Box(len(items) // 2)),
+    "FROZENSET": _builder(None, lambda items: sized(len(items))),
+    "BINPERSID": _builder(1, lambda items: ANY),
+    "APPEND": _grower(1),
+    "APPENDS": _grower(None),
+    "SETITEM": _grower(2, per_item=2),
+    "SETITEMS": _grower(None, per_item=2),
+    "ADDITEMS": _grower(None),
+    **dict.fromkeys(["PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"], _put),
+    **dict.fromkeys(["GET", "BINGET", "LONG_BINGET"], _get),
+    "DUP": _dup,
+    "MARK": _mark,
+    "POP": _pop,
+    "POP_MARK": _pop_mark,
+    "BUILD": _pop_only(2),
+    "READONLY_BUFFER": _pop_only(1),
+    "STOP": _stop,
+    "GLOBAL": _pusher(lambda arg: model_global(*arg.split(" ", 1))),
+    "STACK_GLOBAL": _stack_global,
+    "REDUCE": _reduce,
+    "NEWOBJ": _reduce,
+    "NEWOBJ_EX": _reduce_ex,
+    "OBJ": _obj,
+    "INST": _inst,
+    **dict.fromkeys(["PROTO", "FRAME", "EXT1", "EXT2", "EXT4"], _nothing),
+}

@@ -1,0 +1,280 @@
+"""The drop-in unpickling API and the incremental (sans-IO) loader.
+
+`Unpickler` subclasses the standard library's C class, so ``load`` accepts exactly the bytes
+``pickle`` does; `Unpickler.iter_load` drives the same unpickler as a generator of read
+requests. `LoadOptions` is the bundle of load options every driver (sync and async) builds its
+loaders from, by name.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import _cengine
+from ._cengine import Source
+from ._limits import LimitOptions, Limits, guard
+from ._policy import AllowSpec, Restriction
+from ._sansio import Peek, Read, ReadInto, Request
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["LoadOptions", "Unpickler", "drive_load", "iter_loads", "load", "loads"]
+
+
+class Unpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that can also be driven sans-IO with `iter_load`.
+
+    ``load()`` reads from *file* exactly as ``pickle.Unpickler`` does (``file`` needs ``read``
+    and ``readline``, else ``TypeError``); ``file`` may be ``None`` for an unpickler used only
+    through `iter_load`.
+
+    With ``allow=`` (an `Allowlist` or pairs, see ``streampickle._policy``) loading is
+    restricted: only the listed globals resolve (`ForbiddenGlobal` otherwise) and the opcode
+    stream is vetted before the unpickler acts on it (`PolicyViolation`), within the resource
+    limits given as keyword arguments (the fields of `Limits`, with its defaults; `LimitExceeded`
+    names the one hit). Bad data then raises only ``UnpicklingError`` (or a subclass) or
+    ``EOFError``. Limits need ``allow=`` (else ``TypeError``). A subclass that overrides
+    ``find_class`` must call ``super().find_class()`` to keep the restriction.
+    """
+
+    def __init__(
+        self,
+        file: Any,
+        *,
+        fix_imports: bool = True,
+        encoding: str = "ASCII",
+        errors: str = "strict",
+        buffers: Iterable[Any] | None = None,
+        allow: AllowSpec = None,
+        **limits: Unpack[LimitOptions],
+    ) -> None:
+        if allow is None and limits:
+            raise TypeError(
+                f"{', '.join(sorted(limits))}: an Unpickler checks limits only when it restricts "
+                "loading: pass allow= as well (aload and PickleStream check the byte limits "
+                "without it)"
+            )
+        if file is not None:
+            # Look the methods up now, as the C Unpickler does, so a bad file fails here.
+            read, readline = getattr(file, "read", None), getattr(file, "readline", None)
+            if read is None or readline is None:
+                raise TypeError("file must have 'read' and 'readline' attributes")
+        self._source = Source(file)
+        self._restriction = (
+            None
+            if allow is None
+            else Restriction(allow, self._source, fix_imports, Limits(**limits))
+        )
+        super().__init__(
+            self._source if self._restriction is None else self._restriction.reader,
+            fix_imports=fix_imports,
+            encoding=encoding,
+            errors=errors,
+            buffers=buffers,
+        )
+
+    def find_class(self, module_name: str, global_name: str, /) -> Any:
+        """As ``pickle.Unpickler.find_class``; restricted by ``allow=`` when given."""
+        restriction: Restriction | None = getattr(self, "_restriction", None)
+        if restriction is None:
+            return super().find_class(module_name, global_name)
+        return restriction.find_class(module_name, global_name)
+
+    def load(self) -> Any:
+        """Read one pickled object from the file and return it, as ``pickle.Unpickler.load``."""
+        source: Source | None = getattr(self, "_source", None)
+        if source is not None and source.target is None:
+            raise RuntimeError("this Unpickler was created without a file; use iter_load()")
+        return self._load()
+
+    def iter_load(self) -> Generator[Request, Any, Any]:
+        """Load one object sans-IO: a generator of read requests whose return value is the object.
+
+        Answer each `Read`/`ReadInto`/`ReadLine`/`Peek` request with ``generator.send(reply)``
+        (see their docs); ``StopIteration.value`` is the object. The unpickler consumes exactly
+        the pickle's bytes: anything after its STOP opcode is at most peeked, never read.
+        Errors are those of ``pickle.Unpickler.load``: ``EOFError`` when the stream ends before
+        the first byte, ``UnpicklingError`` (or ``EOFError``) for a truncated or bad pickle.
+        """
+        return _cengine.iter_load(self._load, self._source)
+
+    def _load(self) -> Any:
+        restriction: Restriction | None = getattr(self, "_restriction", None)
+        return super().load() if restriction is None else restriction.run(super().load)
+
+
+def load(
+    file: Any,
+    *,
+    fix_imports: bool = True,
+    encoding: str = "ASCII",
+    errors: str = "strict",
+    buffers: Iterable[Any] | None = None,
+    allow: AllowSpec = None,
+    **limits: Unpack[LimitOptions],
+) -> Any:
+    """Read one pickled object from *file* and return it, exactly as ``pickle.load``.
+
+    With *allow*, loading is restricted (within *limits*) as described in `Unpickler`.
+    """
+    return Unpickler(
+        file,
+        fix_imports=fix_imports,
+        encoding=encoding,
+        errors=errors,
+        buffers=buffers,
+        allow=allow,
+        **limits,
+    ).load()
+
+
+def loads(
+    data: Any,
+    /,
+    *,
+    fix_imports: bool = True,
+    encoding: str = "ASCII",
+    errors: str = "strict",
+    buffers: Iterable[Any] | None = None,
+    allow: AllowSpec = None,
+    **limits: Unpack[LimitOptions],
+) -> Any:
+    """Return the object pickled in the bytes-like *data*, exactly as ``pickle.loads``.
+
+    With *allow*, loading is restricted (within *limits*) as described in `Unpickler`.
+    """
+    if allow is not None or limits:
+        return load(
+            io.BytesIO(data),
+            fix_imports=fix_imports,
+            encoding=encoding,
+            errors=errors,
+            buffers=buffers,
+            allow=allow,
+            **limits,
+        )
+    return pickle.loads(
+        data, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
+    )
+
+
+def iter_loads(
+    *,
+    fix_imports: bool = True,
+    encoding: str = "ASCII",
+    errors: str = "strict",
+    buffers: Iterable[Any] | None = None,
+    unpickler_class: Callable[..., pickle.Unpickler] = pickle.Unpickler,
+    allow: AllowSpec = None,
+    **limits: Unpack[LimitOptions],
+) -> Generator[Request, Any, Any]:
+    """The incremental (sans-IO) loader for one object; see `Unpickler.iter_load`.
+
+    *unpickler_class* is any ``pickle.Unpickler`` subclass; it is called as
+    ``unpickler_class(file, fix_imports=..., encoding=..., errors=..., buffers=...)``.
+
+    With *allow*, loading is restricted within *limits* as described in `Unpickler`: the
+    unpickler is then ``unpickler_class(None, ..., allow=allow, **limits)`` (the default class
+    becomes `streampickle.Unpickler`), driven by its `Unpickler.iter_load`; it asks only for
+    `Read` and `ReadLine`. ``TypeError`` if *unpickler_class* makes no `streampickle.Unpickler`.
+    """
+    if allow is not None or limits:
+        return _restricted_loader(
+            unpickler_class, fix_imports, encoding, errors, buffers, allow, limits
+        )
+    source = Source(None)
+    unpickler = unpickler_class(
+        source, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
+    )
+    return _cengine.iter_load(unpickler.load, source)
+
+
+def _restricted_loader(
+    unpickler_class: Callable[..., pickle.Unpickler],
+    fix_imports: bool,
+    encoding: str,
+    errors: str,
+    buffers: Iterable[Any] | None,
+    allow: AllowSpec,
+    limits: LimitOptions,
+) -> Generator[Request, Any, Any]:
+    factory = Unpickler if unpickler_class is pickle.Unpickler else unpickler_class
+    if isinstance(factory, type) and not issubclass(factory, Unpickler):
+        raise TypeError(
+            f"allow= needs a streampickle.Unpickler subclass as unpickler_class, not "
+            f"{factory.__name__}"
+        )
+    unpickler = factory(
+        None,
+        fix_imports=fix_imports,
+        encoding=encoding,
+        errors=errors,
+        buffers=buffers,
+        allow=allow,
+        **limits,
+    )
+    if not isinstance(unpickler, Unpickler):
+        raise TypeError(
+            f"allow= needs a streampickle.Unpickler, but unpickler_class made a "
+            f"{type(unpickler).__name__}"
+        )
+    return unpickler.iter_load()
+
+
+def drive_load(requests: Generator[Request, Any, Any], file: Any) -> Any:
+    """Answer *requests* (from `iter_loads`/`Unpickler.iter_load`) from a binary sync *file*.
+
+    Returns the loaded object. *file* needs ``read``; ``readinto``, ``readline`` and ``peek``
+    are used when present. This is the reference driver the async ones mirror.
+    """
+    source = Source(file)
+    reply: Any = None
+    try:
+        while True:
+            request = requests.send(reply)
+            if isinstance(request, Peek):
+                reply = source.peek(request.size)
+            elif isinstance(request, Read):
+                reply = source.read(request.size)
+            elif isinstance(request, ReadInto):
+                reply = source.readinto(request.buffer)
+            else:
+                reply = source.readline(-1 if request.limit is None else request.limit)
+    except StopIteration as stop:
+        return stop.value
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadOptions:
+    """``pickle.load``'s options, the unpickler class, the allowlist and the limits: what a
+    driver needs to make a fresh loader for each pickle (`requests`)."""
+
+    fix_imports: bool = True
+    encoding: str = "ASCII"
+    errors: str = "strict"
+    buffers: Iterable[Any] | None = None
+    unpickler_class: Callable[..., Any] | None = None  #: None: the default unpickler
+    allow: AllowSpec = None
+    limits: Limits = field(default_factory=Limits)
+
+    def requests(self) -> Generator[Request, Any, Any]:
+        """A fresh incremental loader for one pickle, within `limits`: restricted by `allow` if
+        given (its vetting reader checks every limit), else with the byte limits enforced by
+        the byte guard (`streampickle._limits.guard`)."""
+        options: dict[str, Any] = (
+            {} if self.unpickler_class is None else {"unpickler_class": self.unpickler_class}
+        )
+        common: dict[str, Any] = {
+            "fix_imports": self.fix_imports,
+            "encoding": self.encoding,
+            "errors": self.errors,
+            "buffers": self.buffers,
+        }
+        if self.allow is not None:
+            return iter_loads(**common, **options, allow=self.allow, **asdict(self.limits))
+        return guard(iter_loads(**common, **options), self.limits)

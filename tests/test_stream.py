@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import pickle
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -190,3 +191,72 @@ async def test_from_trio(anyio_backend: Any) -> None:
 
         group.start_soon(send_all)
         assert [item async for item in right] == [[i] * i for i in range(50)]
+
+
+# The wrappers of from_asyncio and from_trio expose the socket attributes of the connection
+# under them, as anyio's own socket streams do. Each test runs its own event loop.
+
+
+def _expected_attributes(sock: Any) -> dict[Any, Any]:
+    return {
+        SocketAttribute.family: sock.family,
+        SocketAttribute.local_address: sock.getsockname()[:2],
+        SocketAttribute.local_port: sock.getsockname()[1],
+        SocketAttribute.remote_address: sock.getpeername()[:2],
+        SocketAttribute.remote_port: sock.getpeername()[1],
+    }
+
+
+def test_from_asyncio_forwards_socket_attributes() -> None:
+    async def main() -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            async with PickleStream.from_asyncio(reader, writer) as stream:
+                await stream.send(await stream.receive())
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            async with PickleStream.from_asyncio(reader, writer) as stream:
+                sock = writer.get_extra_info("socket")
+                for attribute, value in _expected_attributes(sock).items():
+                    assert stream.extra(attribute) == value
+                assert stream.extra(SocketAttribute.remote_port) == port
+                assert stream.extra(SocketAttribute.raw_socket) is sock
+                await stream.send("echo")
+                assert await stream.receive() == "echo"
+
+    asyncio.run(main())
+
+
+def test_from_trio_forwards_socket_attributes() -> None:
+    import trio
+
+    async def main() -> None:
+        async def serve(raw: trio.SocketStream) -> None:
+            async with PickleStream.from_trio(raw) as stream:
+                await stream.send(await stream.receive())
+
+        async with trio.open_nursery() as nursery:
+            (listener,) = await nursery.start(
+                functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1")
+            )
+            port = listener.socket.getsockname()[1]
+            raw = await trio.open_tcp_stream("127.0.0.1", port)
+            async with PickleStream.from_trio(raw) as stream:
+                for attribute, value in _expected_attributes(raw.socket).items():
+                    assert stream.extra(attribute) == value
+                assert stream.extra(SocketAttribute.remote_port) == port
+                await stream.send("echo")
+                assert await stream.receive() == "echo"
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_from_trio_over_a_stream_without_a_socket_has_no_socket_attributes() -> None:
+    import trio.testing
+
+    left, _ = trio.testing.memory_stream_pair()
+    with pytest.raises(anyio.TypedAttributeLookupError):
+        PickleStream.from_trio(left).extra(SocketAttribute.remote_address)

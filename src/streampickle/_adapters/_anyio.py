@@ -4,10 +4,12 @@ streams), ``BufferedByteReceiveStream``, object streams, and the read-ahead sour
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from typing import Any
 
 from anyio import EndOfStream
-from anyio.abc import AnyByteStream, ByteReceiveStream, ByteSendStream
+from anyio.abc import AnyByteStream, ByteReceiveStream, ByteSendStream, SocketAttribute
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .._sansio import Chunk
@@ -19,6 +21,7 @@ __all__ = [
     "ByteSendWriter",
     "ObjectSendWriter",
     "TransportSource",
+    "socket_attributes",
 ]
 
 
@@ -105,3 +108,34 @@ class TransportSource(Source):
             count: int = await receive_into(view)  # straight into place
             return count
         return await super().receive_into(view)
+
+
+def socket_attributes(sock: Any) -> dict[Any, Callable[[], Any]]:
+    """anyio's ``SocketAttribute`` values for the socket *sock* (a ``socket.socket``, asyncio's
+    ``TransportSocket``, a trio socket; ``None`` gives none), as anyio's own socket streams
+    report them: IPv6 addresses as ``(host, port)``, ports only for IP sockets."""
+    if sock is None:
+        return {}
+    attributes: dict[Any, Callable[[], Any]] = {
+        SocketAttribute.family: lambda: sock.family,
+        SocketAttribute.local_address: lambda: _address(sock.getsockname()),
+        SocketAttribute.raw_socket: lambda: sock,
+    }
+    try:
+        peer = sock.getpeername()
+    except OSError:  # not connected (any longer)
+        peer = None
+    if peer is not None:
+        attributes[SocketAttribute.remote_address] = lambda: _address(peer)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        attributes[SocketAttribute.local_port] = lambda: sock.getsockname()[1]
+        if peer is not None:
+            attributes[SocketAttribute.remote_port] = lambda: peer[1]
+    return attributes
+
+
+def _address(address: Any) -> Any:
+    # IPv6 addresses come with flow info and scope id, which anyio leaves out.
+    if isinstance(address, tuple) and len(address) == 4:
+        return address[:2]
+    return address

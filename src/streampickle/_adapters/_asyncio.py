@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ from anyio import BrokenResourceError, EndOfStream
 from anyio.abc import ByteStream
 
 from .._sansio import Chunk
+from ._anyio import socket_attributes
 from ._base import Source
 
 __all__ = ["DIRECT_MIN", "MAX_DIRECT", "AsyncioByteStream", "DrainWriter", "StreamReaderSource"]
@@ -213,6 +215,11 @@ class AsyncioByteStream(ByteStream):
 
     def __post_init__(self) -> None:
         self._source = StreamReaderSource(self.reader)
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """The ``SocketAttribute`` s of the writer's socket (none for a pipe)."""
+        return socket_attributes(self.writer.get_extra_info("socket"))
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         data = await self.reader.read(max_bytes)

@@ -4,6 +4,7 @@ trio stream is used."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
 from anyio.abc import ByteStream
 
 from .._sansio import Chunk
+from ._anyio import socket_attributes
 from ._base import Source
 
 __all__ = ["SendAllWriter", "TrioByteStream", "TrioSource"]
@@ -44,6 +46,16 @@ class TrioByteStream(ByteStream):
     """An anyio ``ByteStream`` over a trio ``Stream``; trio's resource errors become anyio's."""
 
     stream: Any
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """The ``SocketAttribute`` s of the socket under the stream: a ``trio.SocketStream``'s,
+        or that of the transport under wrappers such as ``trio.SSLStream`` (none for memory
+        streams)."""
+        inner = self.stream
+        while inner is not None and not hasattr(inner, "socket"):
+            inner = getattr(inner, "transport_stream", None)
+        return socket_attributes(None if inner is None else inner.socket)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         import trio

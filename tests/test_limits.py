@@ -9,8 +9,10 @@ far more than the bytes it received. The restricted loader must refuse each with
 from __future__ import annotations
 
 import contextlib
+import io
 import pickle
 import pickletools
+import re
 import struct
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from anyio.abc import SocketStream
 
@@ -204,11 +207,13 @@ def test_limits_disabled_with_none() -> None:
     assert not isinstance(failed.value, LimitExceeded)
 
 
-def test_limits_need_allow() -> None:
-    with pytest.raises(TypeError, match="allow="):
+def test_restricted_limits_need_allow() -> None:
+    with pytest.raises(TypeError, match="max_opcodes applies only to restricted loads"):
         streampickle.loads(pickle.dumps(1), max_opcodes=10)
     with pytest.raises(TypeError, match="allow="):
-        streampickle.Unpickler(None, max_frame_size=10)
+        streampickle.Unpickler(None, max_frame_size=10, max_memo_size=10)
+    with pytest.raises(TypeError, match="allow="):
+        streampickle.iter_loads(max_stack_depth=10)
     assert Limits().max_opcodes == streampickle._limits.DEFAULT_MAX_OPCODES
 
 
@@ -525,3 +530,98 @@ def test_memory_stays_bounded_under_an_address_space_cap() -> None:
     for backend in ("asyncio", "trio"):
         expected |= {f"{name}-{backend}": HOSTILE[name][1] for name in ASYNC_HOSTILE}
     assert outcomes == expected | {"control": "MemoryError", "control-call": "MemoryError"}
+
+
+# --------------------------------------------------------------------------------------------
+# The byte limits without allow=: every driver, sync and async, checks them the same way.
+
+
+class _MemoryStream(anyio.abc.ByteReceiveStream):
+    """The bytes given, in receives of at most 1,000 bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if not self.data:
+            raise anyio.EndOfStream
+        piece, self.data = self.data[: min(max_bytes, 1000)], self.data[min(max_bytes, 1000) :]
+        return piece
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _aload(data: bytes, **limits: Any) -> Any:
+    async def main() -> Any:
+        return await streampickle.aload(_MemoryStream(data), **limits)
+
+    return anyio.run(main)
+
+
+def _unpickler_iter_load(data: bytes, **limits: Any) -> Any:
+    unpickler = streampickle.Unpickler(None, **limits)
+    return streampickle.drive_load(unpickler.iter_load(), io.BytesIO(data))
+
+
+BYTE_LIMIT_DRIVERS: dict[str, Callable[..., Any]] = {
+    "load": lambda data, **limits: streampickle.load(io.BytesIO(data), **limits),
+    "load-buffered": lambda data, **limits: streampickle.load(
+        io.BufferedReader(io.BytesIO(data)), **limits
+    ),
+    "loads": streampickle.loads,
+    "Unpickler.load": lambda data, **limits: streampickle.Unpickler(
+        io.BytesIO(data), **limits
+    ).load(),
+    "Unpickler.iter_load": _unpickler_iter_load,
+    "iter_loads": lambda data, **limits: streampickle.drive_load(
+        streampickle.iter_loads(**limits), io.BytesIO(data)
+    ),
+    "aload": _aload,
+}
+_FRAMED = pickle.dumps([b"x" * 5000, "y" * 3000], 5)
+_TEXT = pickle.dumps("z" * 3000, 0)
+#: (pickle, limits, the LimitExceeded message); the last two are hostile length claims.
+BYTE_LIMIT_CASES: dict[str, tuple[bytes, dict[str, int], str]] = {
+    "frame": (_FRAMED, {"max_frame_size": 1000}, "frame of 8017 bytes exceeds max_frame_size"),
+    "object": (_FRAMED, {"max_object_size": 4000}, "frame of 8017 bytes exceeds max_object_size"),
+    "line": (_TEXT, {"max_line_length": 100}, "line of 101 bytes exceeds max_line_length (100)"),
+    "claimed frame": (
+        b"\x80\x05\x95" + struct.pack("<Q", 1 << 40),
+        {"max_frame_size": 1 << 20},
+        "frame of 1099511627776 bytes exceeds max_frame_size (1048576)",
+    ),
+    "claimed payload": (
+        b"\x80\x05\x8e" + struct.pack("<Q", 1 << 40),
+        {"max_object_size": 1 << 20},
+        "BINBYTES8 payload of 1099511627776 bytes exceeds max_object_size (1048576)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BYTE_LIMIT_CASES))
+@pytest.mark.parametrize("driver", list(BYTE_LIMIT_DRIVERS))
+def test_byte_limits_hold_without_allow_in_every_driver(driver: str, case: str) -> None:
+    data, limits, message = BYTE_LIMIT_CASES[case]
+    tracemalloc.start()
+    try:
+        with pytest.raises(LimitExceeded, match=re.escape(message)) as refused:
+            BYTE_LIMIT_DRIVERS[driver](data, **limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.value.limit == next(iter(limits))
+    assert peak < 1 << 20  # refused before anything of the claimed size was allocated
+
+
+@pytest.mark.parametrize("driver", list(BYTE_LIMIT_DRIVERS))
+def test_byte_limits_let_what_fits_through(driver: str) -> None:
+    for data, limits, _ in list(BYTE_LIMIT_CASES.values())[:3]:
+        roomy = {name: value * 100 for name, value in limits.items()}
+        assert BYTE_LIMIT_DRIVERS[driver](data, **roomy) == pickle.loads(data)
+
+
+def test_sync_api_without_limits_is_pickle() -> None:
+    """No limit given: nothing is checked, as in pickle (a frame of any size loads)."""
+    data = pickle.dumps([b"x" * 5000], 5)
+    assert streampickle.loads(data) == streampickle.load(io.BytesIO(data)) == [b"x" * 5000]

@@ -31,6 +31,7 @@ __all__ = [
     "LimitOptions",
     "Limits",
     "RestrictedLimitOptions",
+    "byte_limits",
     "guard",
     "restricted_options",
 ]
@@ -127,11 +128,25 @@ def restricted_options(allow: object, options: LimitOptions) -> LimitOptions:
     silently not apply)."""
     misplaced = sorted(name for name in options if name not in _BYTE_LIMITS)
     if allow is None and misplaced:
+        verb = "applies" if len(misplaced) == 1 else "apply"
         raise TypeError(
-            f"{', '.join(misplaced)} only apply to restricted loads: pass allow= as well "
-            "(an unrestricted pickle can run code, so opcode limits would not protect you)"
+            f"{', '.join(misplaced)} {verb} only to restricted loads: pass allow= as well "
+            "(an unrestricted pickle can run code, so opcode limits would not protect you); "
+            "max_frame_size, max_object_size and max_line_length apply without it"
         )
     return options
+
+
+def byte_limits(options: LimitOptions) -> Limits | None:
+    """The byte limits given in *options* (the others off), or None if none is given: the
+    sync drop-in API checks only the limits it is asked to, as ``pickle`` checks none."""
+    if not _BYTE_LIMITS & options.keys():
+        return None
+    return Limits(
+        max_frame_size=options.get("max_frame_size"),
+        max_object_size=options.get("max_object_size"),
+        max_line_length=options.get("max_line_length"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _cengine
 from ._cengine import Source
-from ._limits import LimitOptions, Limits, guard
+from ._limits import LimitOptions, Limits, byte_limits, guard, restricted_options
 from ._policy import AllowSpec, Restriction
 from ._sansio import Peek, Read, ReadInto, Request
 
@@ -33,12 +33,19 @@ class Unpickler(pickle.Unpickler):
     and ``readline``, else ``TypeError``); ``file`` may be ``None`` for an unpickler used only
     through `iter_load`.
 
-    With ``allow=`` (an `Allowlist` or pairs, see ``streampickle._policy``) loading is
-    restricted: only the listed globals resolve (`ForbiddenGlobal` otherwise) and the opcode
-    stream is vetted before the unpickler acts on it (`PolicyViolation`), within the resource
-    limits given as keyword arguments (the fields of `Limits`, with its defaults; `LimitExceeded`
-    names the one hit). Bad data then raises only ``UnpicklingError`` (or a subclass) or
-    ``EOFError``. Limits need ``allow=`` (else ``TypeError``). A subclass that overrides
+    Byte limits: *max_frame_size*, *max_object_size* and *max_line_length* (see `Limits`)
+    are checked when given, as `aload` checks them: before the bytes are read or a buffer of
+    the claimed size is allocated, raising `LimitExceeded`. Without any, ``load`` is
+    ``pickle``'s (no limit). With a limit, the unpickler is driven through `iter_load`, which
+    reads protocol 4/5 pickles a field at a time outside frames (never ahead) so that every
+    length is checked in time.
+
+    With ``allow=`` (an `Allowlist` or pairs) loading is restricted: only the listed globals
+    resolve (`ForbiddenGlobal` otherwise) and the opcode stream is vetted before the unpickler
+    acts on it (`PolicyViolation`), within all the resource limits given as keyword arguments
+    (the fields of `Limits`, with its defaults; `LimitExceeded` names the one hit). Bad data
+    then raises only ``UnpicklingError`` (or a subclass) or ``EOFError``. The limits other than
+    the byte limits need ``allow=`` (else ``TypeError``). A subclass that overrides
     ``find_class`` must call ``super().find_class()`` to keep the restriction.
     """
 
@@ -53,18 +60,15 @@ class Unpickler(pickle.Unpickler):
         allow: AllowSpec = None,
         **limits: Unpack[LimitOptions],
     ) -> None:
-        if allow is None and limits:
-            raise TypeError(
-                f"{', '.join(sorted(limits))}: an Unpickler checks limits only when it restricts "
-                "loading: pass allow= as well (aload and PickleStream check the byte limits "
-                "without it)"
-            )
+        restricted_options(allow, limits)
         if file is not None:
             # Look the methods up now, as the C Unpickler does, so a bad file fails here.
             read, readline = getattr(file, "read", None), getattr(file, "readline", None)
             if read is None or readline is None:
                 raise TypeError("file must have 'read' and 'readline' attributes")
         self._source = Source(file)
+        #: The byte limits the guard checks (an unrestricted unpickler given some), or None.
+        self._byte_limits = byte_limits(limits) if allow is None else None
         self._restriction = (
             None
             if allow is None
@@ -90,6 +94,9 @@ class Unpickler(pickle.Unpickler):
         source: Source | None = getattr(self, "_source", None)
         if source is not None and source.target is None:
             raise RuntimeError("this Unpickler was created without a file; use iter_load()")
+        if getattr(self, "_byte_limits", None) is not None:
+            assert source is not None
+            return drive_load(self.iter_load(), source.target)
         return self._load()
 
     def iter_load(self) -> Generator[Request, Any, Any]:
@@ -99,9 +106,12 @@ class Unpickler(pickle.Unpickler):
         (see their docs); ``StopIteration.value`` is the object. The unpickler consumes exactly
         the pickle's bytes: anything after its STOP opcode is at most peeked, never read.
         Errors are those of ``pickle.Unpickler.load``: ``EOFError`` when the stream ends before
-        the first byte, ``UnpicklingError`` (or ``EOFError``) for a truncated or bad pickle.
+        the first byte, ``UnpicklingError`` (or ``EOFError``) for a truncated or bad pickle;
+        `LimitExceeded` for a limit given to the constructor.
         """
-        return _cengine.iter_load(self._load, self._source)
+        requests = _cengine.iter_load(self._load, self._source)
+        limits: Limits | None = getattr(self, "_byte_limits", None)
+        return requests if limits is None else guard(requests, limits)
 
     def _load(self) -> Any:
         restriction: Restriction | None = getattr(self, "_restriction", None)
@@ -178,20 +188,26 @@ def iter_loads(
     *unpickler_class* is any ``pickle.Unpickler`` subclass; it is called as
     ``unpickler_class(file, fix_imports=..., encoding=..., errors=..., buffers=...)``.
 
+    The byte limits (*max_frame_size*, *max_object_size*, *max_line_length*), when given, are
+    checked on the requests as `Unpickler` describes; `Peek` requests then reach the driver
+    only for pickles that do not start with PROTO 4 or 5.
+
     With *allow*, loading is restricted within *limits* as described in `Unpickler`: the
     unpickler is then ``unpickler_class(None, ..., allow=allow, **limits)`` (the default class
     becomes `streampickle.Unpickler`), driven by its `Unpickler.iter_load`; it asks only for
     `Read` and `ReadLine`. ``TypeError`` if *unpickler_class* makes no `streampickle.Unpickler`.
     """
-    if allow is not None or limits:
+    if allow is not None:
         return _restricted_loader(
             unpickler_class, fix_imports, encoding, errors, buffers, allow, limits
         )
+    checked = byte_limits(restricted_options(allow, limits))
     source = Source(None)
     unpickler = unpickler_class(
         source, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
     )
-    return _cengine.iter_load(unpickler.load, source)
+    requests = _cengine.iter_load(unpickler.load, source)
+    return requests if checked is None else guard(requests, checked)
 
 
 def _restricted_loader(
@@ -264,8 +280,8 @@ class LoadOptions:
 
     def requests(self) -> Generator[Request, Any, Any]:
         """A fresh incremental loader for one pickle, within `limits`: restricted by `allow` if
-        given (its vetting reader checks every limit), else with the byte limits enforced by
-        the byte guard (`streampickle._limits.guard`)."""
+        given (its vetting reader checks every limit), else with the byte limits checked by
+        the byte guard (`streampickle._limits.guard`), as `iter_loads` does."""
         options: dict[str, Any] = (
             {} if self.unpickler_class is None else {"unpickler_class": self.unpickler_class}
         )
@@ -277,4 +293,11 @@ class LoadOptions:
         }
         if self.allow is not None:
             return iter_loads(**common, **options, allow=self.allow, **asdict(self.limits))
-        return guard(iter_loads(**common, **options), self.limits)
+        limits = self.limits
+        return iter_loads(
+            **common,
+            **options,
+            max_frame_size=limits.max_frame_size,
+            max_object_size=limits.max_object_size,
+            max_line_length=limits.max_line_length,
+        )

@@ -18,7 +18,8 @@ from ._limits import (
     RestrictedLimitOptions,
     restricted_options,
 )
-from ._load import open_loader
+from ._load import Loader, open_loader
+from ._ownership import Hold, hold
 from ._pickler import iter_dumps
 from ._policy import AllowSpec
 from ._sansio import BufferCallback, Progress
@@ -163,8 +164,8 @@ async def aload(
         },
     )
     loader = await open_loader(reader)
-    obj = await loader.load(options.requests(), progress)
-    await loader.give_back()
+    with hold(reader, "aload") as held:
+        obj = await _load_one(loader, options, progress, held)
     return obj
 
 
@@ -210,15 +211,31 @@ async def aiter_load(
     loader = await open_loader(reader)
     done = 0  # bytes of the pickles already read: progress counts the whole stream
     while True:
-        try:
-            obj = await loader.load(options.requests(), _offset(progress, done))
-        except EOFError:
-            if loader.consumed == 0 and loader.eof:
-                return
-            raise
+        # Held per object: between objects the reader is at a pickle boundary, and a loop
+        # left with break leaves it there for the next aload.
+        with hold(reader, "aload") as held:
+            try:
+                obj = await _load_one(loader, options, _offset(progress, done), held)
+            except EOFError:
+                if loader.consumed == 0 and loader.eof:
+                    return
+                raise
         done += loader.consumed
-        await loader.give_back()
         yield obj
+
+
+async def _load_one(
+    loader: Loader, options: LoadOptions, progress: Progress | None, held: Hold
+) -> Any:
+    """One object from *loader*, read-ahead bytes given back; *held* learns whether a failed
+    load left the stream inside its pickle."""
+    try:
+        obj = await loader.load(options.requests(), progress)
+    finally:
+        held.started = loader.consumed > 0 or loader.buffered > 0
+        held.moved = loader.consumed
+    await loader.give_back()
+    return obj
 
 
 def _load_options(

@@ -13,6 +13,7 @@ from collections.abc import Generator, Iterator
 import anyio.lowlevel
 
 from ._adapters import writer_for
+from ._ownership import hold
 from ._sansio import PIECE_SIZE, Chunk, Progress
 
 __all__ = ["write_chunks"]
@@ -34,21 +35,25 @@ async def write_chunks(
     """Write the engine's *chunks* to *stream*; return the number of bytes written.
 
     The stream is checked (``TypeError``, see `streampickle._adapters.writer_for`) before
-    the first chunk is pickled.
-    *chunks* is always closed on exit, so an error or a cancellation unwinds the pickler.
+    the first chunk is pickled, and held for the whole pickle (`streampickle._ownership.hold`):
+    ``anyio.BusyResourceError`` while another task writes a pickle to it,
+    ``anyio.BrokenResourceError`` once a write of a pickle to it stopped part-way. *chunks*
+    is always closed on exit, so an error or a cancellation unwinds the pickler.
     """
-    written = 0
     try:
         writer = writer_for(stream)
-        for chunk in chunks:  # pickling runs here, synchronously: at most about one frame
-            for piece in _slices(chunk):
-                await writer.write(piece)
-                written += len(piece)
-                if progress is not None:
-                    progress(written)
-                # drain() returns without yielding while the transport is not paused, and
-                # some streams never yield: the checkpoint lets other tasks run between writes.
-                await anyio.lowlevel.checkpoint()
+        with hold(stream, "adump") as held:
+            for chunk in chunks:  # pickling runs here, synchronously: about one frame
+                for piece in _slices(chunk):
+                    held.started = True  # a write interrupted half-way breaks the stream
+                    await writer.write(piece)
+                    held.moved += len(piece)
+                    if progress is not None:
+                        progress(held.moved)
+                    # drain() returns without yielding while the transport is not paused, and
+                    # some streams never yield: the checkpoint lets other tasks run between
+                    # writes.
+                    await anyio.lowlevel.checkpoint()
+            return held.moved
     finally:
         chunks.close()
-    return written

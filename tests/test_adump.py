@@ -364,13 +364,31 @@ async def test_unsupported_writer_is_a_type_error(writer: object, message: str) 
     assert live_greenlets() == before
 
 
-async def test_sync_write_method_is_a_type_error() -> None:
+async def test_sync_write_method_is_refused_before_the_first_byte() -> None:
     class SyncWrite:
+        def __init__(self) -> None:
+            self.written = 0
+
         def write(self, data: bytes) -> int:
+            self.written += len(data)
             return len(data)
 
-    with pytest.raises(TypeError, match=r"SyncWrite.write\(\) returned int, not an awaitable"):
-        await streampickle.adump(OBJ, SyncWrite())
+    writer = SyncWrite()
+    with pytest.raises(TypeError, match=r"SyncWrite.write\(\) is not a coroutine function"):
+        await streampickle.adump(OBJ, writer)
+    assert writer.written == 0
+
+
+async def test_sync_send_methods_are_refused_before_the_first_byte() -> None:
+    """A raw socket has send() and sendall(): taken for an async stream, it would get the
+    bytes and then fail."""
+    left, right = socket.socketpair()
+    with left, right:
+        with pytest.raises(TypeError, match=r"socket.send\(\) is not a coroutine"):
+            await streampickle.adump(OBJ, left)
+        right.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            right.recv(1)  # nothing was sent
 
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))

@@ -10,6 +10,7 @@ types that they would also satisfy.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,15 +58,21 @@ def _has(*names: str) -> Callable[[Any], bool]:
     return lambda stream: all(hasattr(stream, name) for name in names)
 
 
+def _async(name: str) -> Callable[[Any], bool]:
+    """A stream whose method *name* is a coroutine function: known to be async before it is
+    called, so a synchronous look-alike is refused before a byte is written to it."""
+    return lambda stream: inspect.iscoroutinefunction(getattr(stream, name, None))
+
+
 #: Writers, in the order they are tried.
 WRITERS: list[Kind] = [
     Kind(_is(ByteSendStream), ByteSendWriter),
     Kind(_is(asyncio.StreamWriter), DrainWriter),
     Kind(_is(ObjectSendStream), ObjectSendWriter),
-    Kind(_has("send_all"), SendAllWriter, duck=True),
-    Kind(_has("write", "drain"), DrainWriter, duck=True),
-    Kind(_has("write"), AwaitWriter, duck=True),
-    Kind(_has("send"), ObjectSendWriter, duck=True),
+    Kind(_async("send_all"), SendAllWriter, duck=True),
+    Kind(_has("write", "drain"), DrainWriter, duck=True),  # StreamWriter-like, aiohttp's
+    Kind(_async("write"), AwaitWriter, duck=True),
+    Kind(_async("send"), ObjectSendWriter, duck=True),
 ]
 #: Sources, in the order they are tried.
 SOURCES: list[Kind] = [
@@ -78,7 +85,7 @@ SOURCES: list[Kind] = [
 
 _WRITERS_LOOKED_FOR = (
     "an asyncio.StreamWriter, an anyio ByteSendStream or ObjectSendStream, or an object with "
-    "an awaitable send_all(), write() (optionally with drain()) or send() method"
+    "an async send_all(), write() or send() method, or a write() with an async drain()"
 )
 _SOURCES_LOOKED_FOR = (
     "an asyncio StreamReader, an anyio ByteReceiveStream, a trio ReceiveStream, or an async "
@@ -96,11 +103,19 @@ def writer_for(stream: object) -> Writer:
     if found is not None:
         adapter: Writer = found(stream)
         return adapter
+    kind = type(stream).__name__
     if isinstance(stream, io.IOBase):
         raise TypeError(
-            f"{type(stream).__name__} is a synchronous file; use streampickle.dump() for it, "
+            f"{kind} is a synchronous file; use streampickle.dump() for it, "
             f"or give adump {_WRITERS_LOOKED_FOR}"
         )
+    for name in ("write", "send_all", "send"):
+        if callable(getattr(stream, name, None)):
+            raise TypeError(
+                f"{kind}.{name}() is not a coroutine function (and {kind} has no drain()): "
+                "it looks synchronous; use streampickle.dump() for a synchronous file, or "
+                f"give adump {_WRITERS_LOOKED_FOR}"
+            )
     raise TypeError(f"cannot write to {type(stream).__name__}: adump needs {_WRITERS_LOOKED_FOR}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,9 @@ _SPILL = 1 << 16
 
 class DrainWriter:
     """asyncio ``StreamWriter`` (and look-alikes): ``write`` buffers in the transport, ``drain``
-    waits while it is paused. Transports accept memoryviews."""
+    waits while it is paused. Transports accept memoryviews. A look-alike whose ``write``
+    returns an awaitable (aiohttp's ``StreamResponse``, whose ``drain`` is deprecated) has
+    that awaited instead: it is the write."""
 
     __slots__ = ("stream",)
 
@@ -37,8 +40,11 @@ class DrainWriter:
         self.stream = stream
 
     async def write(self, data: Chunk) -> None:
-        self.stream.write(data)
-        await self.stream.drain()
+        pending = self.stream.write(data)
+        if inspect.isawaitable(pending):
+            await pending
+        else:
+            await self.stream.drain()
 
 
 class StreamReaderSource(Source):

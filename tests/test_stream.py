@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import functools
 import pickle
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.streams.stapled
 import pytest
 from anyio.abc import SocketAttribute
 
-from netutil import tcp_pair
+from netutil import asyncio_pipe, tcp_pair
 from streampickle import LimitExceeded, PickleStream
 
 pytestmark = pytest.mark.anyio
@@ -260,3 +262,39 @@ def test_from_trio_over_a_stream_without_a_socket_has_no_socket_attributes() -> 
     left, _ = trio.testing.memory_stream_pair()
     with pytest.raises(anyio.TypedAttributeLookupError):
         PickleStream.from_trio(left).extra(SocketAttribute.remote_address)
+
+
+def test_protocol_defaults_to_the_highest() -> None:
+    left, right = anyio.create_memory_object_stream[bytes](1)
+    with left, right:
+        stream = PickleStream(anyio.streams.stapled.StapledObjectStream(left, right))
+        assert stream.protocol == pickle.HIGHEST_PROTOCOL
+
+
+def test_wrong_arguments_are_refused_at_construction() -> None:
+    import trio.testing
+
+    trio_stream: Any = trio.testing.memory_stream_pair()[0]
+
+    async def main() -> None:
+        async with asyncio_pipe() as (reader, writer):
+            cases: list[tuple[Callable[[], object], str]] = [
+                (lambda: PickleStream(reader, writer), "from_asyncio(reader, writer)"),  # type: ignore[arg-type]
+                (lambda: PickleStream(trio_stream), "PickleStream.from_trio(stream)"),
+                (lambda: PickleStream.from_asyncio(writer, reader), "arguments are swapped"),  # type: ignore[arg-type]
+                (lambda: PickleStream.from_trio(reader), "PickleStream.from_asyncio(reader, "),
+                (lambda: PickleStream(object()), "needs an anyio ByteStream"),  # type: ignore[arg-type]
+            ]
+            for make, message in cases:
+                with pytest.raises(TypeError, match=re.escape(message)):
+                    make()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("protocol", [9, "5"])
+def test_a_bad_protocol_is_refused_at_construction(protocol: Any) -> None:
+    left, right = anyio.create_memory_object_stream[bytes](1)
+    stream = anyio.streams.stapled.StapledObjectStream(left, right)
+    with left, right, pytest.raises((ValueError, TypeError), match="protocol"):
+        PickleStream(stream, protocol=protocol)

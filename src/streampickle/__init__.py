@@ -15,7 +15,7 @@ from pickle import (
     UnpicklingError,
 )
 
-from ._async import adump, aiter_load, aload
+from ._async import adump, aiter_dumps, aiter_load, aload
 from ._auth import authenticate
 from ._exceptions import AuthenticationError, ForbiddenGlobal, LimitExceeded, PolicyViolation
 from ._globals import required_globals
@@ -53,6 +53,7 @@ __all__ = [
     "Unpickler",
     "UnpicklingError",
     "adump",
+    "aiter_dumps",
     "aiter_load",
     "aload",
     "authenticate",

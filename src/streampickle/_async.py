@@ -8,7 +8,9 @@ import pickle
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ._dump import write_chunks
+import anyio.lowlevel
+
+from ._dump import slices, write_chunks
 from ._limits import (
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_LINE_LENGTH,
@@ -22,13 +24,13 @@ from ._load import Loader, open_loader
 from ._ownership import Hold, hold
 from ._pickler import iter_dumps
 from ._policy import AllowSpec
-from ._sansio import BufferCallback, Progress
+from ._sansio import BufferCallback, Chunk, Progress
 from ._unpickler import LoadOptions
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["adump", "aiter_load", "aload"]
+__all__ = ["adump", "aiter_dumps", "aiter_load", "aload"]
 
 
 async def adump(
@@ -44,7 +46,9 @@ async def adump(
     """Pickle *obj* into the async byte stream *writer*, frame by frame; return the byte count.
 
     The bytes written are exactly ``pickle.dumps(obj, protocol, fix_imports=fix_imports,
-    buffer_callback=buffer_callback)``. *writer* is an asyncio ``StreamWriter`` (``write`` then
+    buffer_callback=buffer_callback)``; *protocol* defaults to ``pickle.DEFAULT_PROTOCOL`` (4),
+    as in ``pickle`` (`PickleStream` defaults to 5; pass ``protocol=5`` to send numpy arrays and
+    other buffers without a copy). *writer* is an asyncio ``StreamWriter`` (``write`` then
     ``await drain()``), an anyio ``ByteSendStream`` (``send``), a trio ``SendStream``
     (``send_all``), an aiofiles binary file or anyio ``AsyncFile`` (awaitable ``write``), or an
     object stream / anything else with an awaitable ``send`` (which then gets ``bytes``).
@@ -80,6 +84,44 @@ async def adump(
         pickler_class=pickle.Pickler if pickler_class is None else pickler_class,
     )
     return await write_chunks(chunks, writer, progress)
+
+
+async def aiter_dumps(
+    obj: Any,
+    protocol: int | None = None,
+    *,
+    fix_imports: bool = True,
+    buffer_callback: BufferCallback = None,
+    pickler_class: Callable[..., pickle.Pickler] | None = None,
+) -> AsyncIterator[Chunk]:
+    """*obj* pickled as an async iterator of chunks, for what takes an async iterable of bytes:
+    Starlette/FastAPI ``StreamingResponse(aiter_dumps(obj))``, httpx ``content=``, aiohttp
+    ``data=``.
+
+    ``b"".join`` of the chunks is ``pickle.dumps(obj, protocol, ...)`` (arguments as `adump`'s;
+    *protocol* defaults to ``pickle``'s). Chunks are those of `iter_dumps` with large buffers
+    cut into read-only memoryview slices of at most 1 MiB: ``bytes`` or ``memoryview``, valid
+    while the pickled buffers are not mutated. Pickling runs in the consumer's task, about a
+    frame per chunk, with a checkpoint after each, so the event loop stays responsive; unlike
+    `iter_dumps` it is never resumed from another thread (frameworks run sync iterators in a
+    thread pool, where a greenlet cannot follow). Pickling errors are raised from the
+    ``__anext__`` that reaches the bad object; closing the iterator (``aclose``, or the
+    consumer stopping) unwinds the pickler.
+    """
+    chunks = iter_dumps(
+        obj,
+        protocol,
+        fix_imports=fix_imports,
+        buffer_callback=buffer_callback,
+        pickler_class=pickle.Pickler if pickler_class is None else pickler_class,
+    )
+    try:
+        for chunk in chunks:
+            for piece in slices(chunk):
+                yield piece
+                await anyio.lowlevel.checkpoint()
+    finally:
+        chunks.close()
 
 
 async def aload(

@@ -75,7 +75,9 @@ class _ThreadBound(Generator[Y, S, R]):
             raise RuntimeError(
                 f"streampickle generator started in thread {self._owner} was resumed from "
                 f"thread {current}; greenlets cannot switch across threads, so consume each "
-                "incremental pickler/loader in the thread that started it"
+                "incremental pickler/loader in the thread that started it (a framework that "
+                "iterates sync iterators in a thread pool, such as Starlette's "
+                "StreamingResponse, wants streampickle.aiter_dumps instead)"
             )
 
     def send(self, value: S) -> Y:
@@ -118,14 +120,15 @@ def _run_on_greenlet(func: Callable[..., R], *args: Any) -> Generator[Any, Any, 
         return result
     finally:
         # Unwind a worker left suspended (early close, GC, error). Two cases cannot switch to
-        # it: finalization from a foreign thread (greenlet.error) and a garbage cycle holding
-        # both the generator and the worker, whose deallocation has begun (RuntimeError). In
-        # both, greenlet itself kills the worker when it deallocates it.
+        # it: finalization from a foreign thread (greenlet.error, or ValueError from setting
+        # the parent) and a garbage cycle holding both the generator and the worker, whose
+        # deallocation has begun (RuntimeError). In both, greenlet itself kills the worker
+        # when it deallocates it.
         if not worker.dead:
             try:
                 worker.parent = getcurrent()
                 worker.throw()
-            except (greenlet_error, RuntimeError):
+            except (greenlet_error, ValueError, RuntimeError):
                 if not _unreachable(worker):
                     raise
 

@@ -16,10 +16,10 @@ from ._adapters import writer_for
 from ._ownership import hold
 from ._sansio import PIECE_SIZE, Chunk, Progress
 
-__all__ = ["write_chunks"]
+__all__ = ["slices", "write_chunks"]
 
 
-def _slices(chunk: Chunk) -> Iterator[Chunk]:
+def slices(chunk: Chunk) -> Iterator[Chunk]:
     """*chunk* itself, or memoryview slices of it of at most `PIECE_SIZE` bytes (no copy)."""
     if len(chunk) <= PIECE_SIZE:
         yield chunk
@@ -44,7 +44,7 @@ async def write_chunks(
         writer = writer_for(stream)
         with hold(stream, "adump") as held:
             for chunk in chunks:  # pickling runs here, synchronously: about one frame
-                for piece in _slices(chunk):
+                for piece in slices(chunk):
                     held.started = True  # a write interrupted half-way breaks the stream
                     await writer.write(piece)
                     held.moved += len(piece)

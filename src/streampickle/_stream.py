@@ -43,6 +43,15 @@ class PickleStream(ObjectStream[Any]):
     ``receive()`` reads one pickle as `aload` does, with the same limits, keeping bytes read
     ahead for the next object. Only unpickle from peers you trust, as with ``pickle``.
 
+    *protocol* defaults to ``pickle.HIGHEST_PROTOCOL`` (5), not ``pickle``'s default (4): both
+    ends of a `PickleStream` are streampickle, and protocol 5 sends buffers such as numpy
+    arrays without copying them (at 4 each is copied into the pickle). Pass ``protocol=4`` to
+    talk to a peer older than Python 3.8.
+
+    *transport_stream* is an anyio ``ByteStream`` (or an ``ObjectStream`` of bytes); for
+    asyncio and trio streams use `from_asyncio` and `from_trio`. A wrong transport or
+    protocol raises ``TypeError``/``ValueError`` here, naming the constructor to use.
+
     Concurrency: concurrent ``send`` calls are serialized (each object goes out whole, in the
     order the lock is acquired); so are concurrent ``receive`` calls.
 
@@ -66,7 +75,7 @@ class PickleStream(ObjectStream[Any]):
     """
 
     transport_stream: AnyByteStream
-    protocol: int = pickle.DEFAULT_PROTOCOL
+    protocol: int = pickle.HIGHEST_PROTOCOL
     pickler_class: Callable[..., pickle.Pickler] = pickle.Pickler
     unpickler_class: Callable[..., pickle.Unpickler] = pickle.Unpickler
     max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE
@@ -88,6 +97,8 @@ class PickleStream(ObjectStream[Any]):
     _closed: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
+        _check_transport(self.transport_stream)
+        _check_protocol(self.protocol)
         limits = Limits(
             max_frame_size=self.max_frame_size,
             max_object_size=self.max_object_size,
@@ -130,12 +141,30 @@ class PickleStream(ObjectStream[Any]):
     ) -> PickleStream:
         """A `PickleStream` over an asyncio ``(StreamReader, StreamWriter)`` pair (as from
         ``asyncio.open_connection``); *options* are those of the constructor."""
+        if isinstance(reader, asyncio.StreamWriter) and isinstance(writer, asyncio.StreamReader):
+            raise TypeError(
+                "from_asyncio(writer, reader): the arguments are swapped; pass the "
+                "StreamReader first, as asyncio.open_connection returns them"
+            )
+        if not isinstance(reader, asyncio.StreamReader):
+            raise TypeError(
+                f"from_asyncio needs an asyncio.StreamReader first, not {type(reader).__name__}"
+            )
+        if not isinstance(writer, asyncio.StreamWriter):
+            raise TypeError(
+                f"from_asyncio needs an asyncio.StreamWriter second, not {type(writer).__name__}"
+            )
         return cls(AsyncioByteStream(reader, writer), **options)
 
     @classmethod
     def from_trio(cls, stream: Any, **options: Any) -> PickleStream:
         """A `PickleStream` over a trio ``Stream`` (``trio.SocketStream``, ``trio.SSLStream``,
         ``trio.StapledStream``...); *options* are those of the constructor."""
+        if not (hasattr(stream, "receive_some") and hasattr(stream, "send_all")):
+            raise TypeError(
+                f"from_trio needs a trio Stream (receive_some() and send_all()), not "
+                f"{type(stream).__name__}{_CONSTRUCTOR_HINT.get(_family(stream), '')}"
+            )
         return cls(TrioByteStream(stream), **options)
 
     @property
@@ -208,3 +237,38 @@ class PickleStream(ObjectStream[Any]):
     async def aclose(self) -> None:
         self._closed = True
         await self.transport_stream.aclose()
+
+
+_CONSTRUCTOR_HINT: dict[str | None, str] = {
+    "asyncio": "; for asyncio streams use PickleStream.from_asyncio(reader, writer)",
+    "trio": "; for a trio stream use PickleStream.from_trio(stream)",
+    "anyio": "; for an anyio byte stream use PickleStream(stream)",
+}
+
+
+def _family(stream: object) -> str | None:
+    if isinstance(stream, (asyncio.StreamReader, asyncio.StreamWriter)):
+        return "asyncio"
+    if isinstance(stream, (ByteStream, ObjectStream)):
+        return "anyio"
+    if hasattr(stream, "receive_some") and hasattr(stream, "send_all"):
+        return "trio"
+    return None
+
+
+def _check_transport(stream: object) -> None:
+    if _family(stream) == "anyio":
+        return
+    raise TypeError(
+        f"PickleStream needs an anyio ByteStream as its transport, not "
+        f"{type(stream).__name__}{_CONSTRUCTOR_HINT.get(_family(stream), '')}"
+    )
+
+
+def _check_protocol(protocol: object) -> None:
+    if type(protocol) is not int:
+        raise TypeError(f"protocol must be an int, not {type(protocol).__name__}")
+    if protocol > pickle.HIGHEST_PROTOCOL:
+        raise ValueError(
+            f"protocol={protocol}: pickle protocol must be <= {pickle.HIGHEST_PROTOCOL}"
+        )

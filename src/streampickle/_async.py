@@ -269,14 +269,16 @@ async def aiter_load(
 async def _load_one(
     loader: Loader, options: LoadOptions, progress: Progress | None, held: Hold
 ) -> Any:
-    """One object from *loader*, read-ahead bytes given back; *held* learns whether a failed
+    """One object from *loader*, starting with what the last load of the stream read past
+    its pickle and keeping what this one reads past its own; *held* learns whether a failed
     load left the stream inside its pickle."""
+    loader.preload(held.take_leftover())
     try:
         obj = await loader.load(options.requests(), progress)
     finally:
         held.started = loader.consumed > 0 or loader.buffered > 0
         held.moved = loader.consumed
-    await loader.give_back()
+    held.keep_leftover(await loader.give_back())
     return obj
 
 

@@ -31,6 +31,12 @@ class Loader:
 
     One `Loader` serves any number of consecutive pickles; between them its buffer holds what
     was read ahead (see `give_back`). Use it from one task at a time.
+
+    It reads ahead (one receive of `READ_AHEAD` bytes for several small requests, and `Peek`
+    answered from the buffer) only when its source can take bytes back. Otherwise it reads
+    exactly what is asked: a chunked source then holds the rest of its current chunk, which
+    `give_back` returns (with anything a driver preloaded and was not used) for the driver to
+    keep for the stream's next load.
     """
 
     def __init__(self, source: Source) -> None:
@@ -78,18 +84,29 @@ class Loader:
         finally:
             requests.close()
 
-    async def give_back(self) -> None:
-        """Hand what was read past the last pickle back to the source."""
-        if self.buffered:
-            data = bytes(self._buffer[self._pos :])
-            self._buffer.clear()
-            self._pos = 0
-            await self.source.unread(data)
+    def preload(self, data: bytes) -> None:
+        """Put *data* (what an earlier load of the stream read past its pickle) in front."""
+        self._buffer += data
+
+    async def give_back(self) -> bytes:
+        """Hand what was read past the last pickle back to the source if it can take bytes
+        back; return what it cannot take (read ahead here, or the rest of a chunk the source
+        holds), for the driver to keep for the stream's next load."""
+        data = bytes(self._buffer[self._pos :])
+        self._buffer.clear()
+        self._pos = 0
+        if self.source.can_unread:
+            if data:
+                await self.source.unread(data)
+            return b""
+        return data + self.source.take_surplus()
 
     def _answer_buffered(self, request: Request) -> bytes | int | None:
         if isinstance(request, Peek):
             if not self.source.can_unread:
-                return b""  # bytes peeked must be given back if the pickle ends before them
+                # Bytes peeked must be given back if the pickle ends before them; and in
+                # read-ahead data the C unpickler allocates for a length before asking for it.
+                return b""
             return self._take(min(request.size, self.buffered), consume=False) or None
         if isinstance(request, Read):
             if self.buffered < request.size:
@@ -189,8 +206,10 @@ class Loader:
 
     async def _read_line(self, limit: int | None) -> bytes:
         """The next line, or its first *limit* bytes if it is longer."""
-        if not self.source.can_unread:  # an exact source never has anything buffered
-            return await self.source.receive_line(limit)
+        if not self.source.can_unread:  # read exactly: never past the newline
+            head = self._take(self.buffered)  # what an earlier load left, if anything
+            rest = await self.source.receive_line(None if limit is None else limit - len(head))
+            return head + rest
         while (end := self._buffer.find(b"\n", self._pos)) < 0:
             if limit is not None and self.buffered >= limit:
                 return self._take(limit)

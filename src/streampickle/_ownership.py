@@ -8,7 +8,9 @@ reference of the second resolves into the first, so it can hand over a *wrong ob
 error. `hold` makes both fail loudly: anyio's `BusyResourceError` for the first,
 `BrokenResourceError` naming the cause for the second.
 
-The state of a stream lives here, keyed by the stream's identity and dropped when the stream
+A reader's state also keeps the bytes a load read past its pickle (read-ahead on a stream
+that cannot take bytes back, the rest of a chunk longer than the pickle) for the stream's next
+load. The state of a stream lives here, keyed by the stream's identity and dropped when the stream
 is collected (a weak reference: nothing here keeps a stream alive). A stream that cannot be
 weakly referenced is not tracked.
 """
@@ -25,11 +27,12 @@ __all__ = ["Hold", "hold"]
 
 
 class _State:
-    __slots__ = ("broken", "busy")
+    __slots__ = ("broken", "busy", "leftover")
 
     def __init__(self) -> None:
         self.busy = False
         self.broken: str | None = None  #: why the stream is broken, once it is
+        self.leftover = b""  #: bytes read past the last pickle, for the next one
 
 
 _STATES: dict[tuple[int, str], _State] = {}
@@ -50,13 +53,29 @@ def _state(stream: object, role: str) -> _State | None:
 class Hold:
     """What the holder of a stream reports: set `started` once a byte of the pickle has
     moved (then leaving with an exception breaks the stream); `moved` counts bytes, for the
-    message."""
+    message. A reader's holder also keeps what it read past its pickle for the next holder
+    (`keep_leftover`, `take_leftover`), where the stream is tracked (`can_keep`)."""
 
-    __slots__ = ("moved", "started")
+    __slots__ = ("_state", "moved", "started")
 
-    def __init__(self) -> None:
+    def __init__(self, state: _State | None) -> None:
+        self._state = state
         self.started = False
         self.moved = 0
+
+    @property
+    def can_keep(self) -> bool:
+        return self._state is not None
+
+    def take_leftover(self) -> bytes:
+        if self._state is None:
+            return b""
+        data, self._state.leftover = self._state.leftover, b""
+        return data
+
+    def keep_leftover(self, data: bytes) -> None:
+        if self._state is not None:
+            self._state.leftover = data
 
 
 @contextmanager
@@ -77,7 +96,7 @@ def hold(stream: object, role: str) -> Iterator[Hold]:
             action = "writing a pickle to" if role == "adump" else "reading a pickle from"
             raise BusyResourceError(f"{action} (in {role})")
         state.busy = True
-    current = Hold()
+    current = Hold(state)
     try:
         yield current
     except BaseException as exc:

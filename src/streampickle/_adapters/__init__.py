@@ -16,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from anyio.abc import ByteReceiveStream, ByteSendStream, ObjectSendStream
+from anyio.abc import ByteReceiveStream, ByteSendStream, ObjectReceiveStream, ObjectSendStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ._anyio import AnyioSource, BufferedSource, ByteSendWriter, ObjectSendWriter, TransportSource
 from ._asyncio import AsyncioByteStream, DrainWriter, StreamReaderSource
 from ._base import Source, Writer
 from ._files import AwaitWriter, FileSource
+from ._iterables import AsyncReadSource, ChunkSource
 from ._trio import SendAllWriter, TrioByteStream, TrioSource
 
 __all__ = [
@@ -41,13 +42,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Kind:
-    """A registry entry: streams that *accepts* takes are wrapped in *adapter*. A *duck* entry
-    goes by the methods a stream has, so a synchronous file, which has them too, never reaches
-    it."""
+    """A registry entry: streams that *accepts* takes are wrapped in *adapter*. Entries that
+    go by the methods a stream has (duck types) test for coroutine methods, so a synchronous
+    file or socket, which has methods of the same names, never matches them."""
 
     accepts: Callable[[Any], bool]
     adapter: Callable[[Any], Any]
-    duck: bool = False
 
 
 def _is(kind: type) -> Callable[[Any], bool]:
@@ -56,6 +56,10 @@ def _is(kind: type) -> Callable[[Any], bool]:
 
 def _has(*names: str) -> Callable[[Any], bool]:
     return lambda stream: all(hasattr(stream, name) for name in names)
+
+
+def _all(*tests: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda stream: all(test(stream) for test in tests)
 
 
 def _async(name: str) -> Callable[[Any], bool]:
@@ -69,18 +73,21 @@ WRITERS: list[Kind] = [
     Kind(_is(ByteSendStream), ByteSendWriter),
     Kind(_is(asyncio.StreamWriter), DrainWriter),
     Kind(_is(ObjectSendStream), ObjectSendWriter),
-    Kind(_async("send_all"), SendAllWriter, duck=True),
-    Kind(_has("write", "drain"), DrainWriter, duck=True),  # StreamWriter-like, aiohttp's
-    Kind(_async("write"), AwaitWriter, duck=True),
-    Kind(_async("send"), ObjectSendWriter, duck=True),
+    Kind(_async("send_all"), SendAllWriter),
+    Kind(_all(_has("write"), _async("drain")), DrainWriter),  # StreamWriter-likes, aiohttp
+    Kind(_async("write"), AwaitWriter),
+    Kind(_async("send"), ObjectSendWriter),
 ]
 #: Sources, in the order they are tried.
 SOURCES: list[Kind] = [
     Kind(_is(BufferedByteReceiveStream), BufferedSource),
     Kind(_is(ByteReceiveStream), AnyioSource),
     Kind(_is(asyncio.StreamReader), StreamReaderSource),
-    Kind(_has("receive_some"), TrioSource, duck=True),
-    Kind(_has("read", "readinto", "seek"), FileSource, duck=True),
+    Kind(_is(ObjectReceiveStream), ChunkSource.of_object_stream),
+    Kind(_async("receive_some"), TrioSource),
+    Kind(_all(_async("read"), _async("seek"), _has("readinto")), FileSource),
+    Kind(_async("read"), AsyncReadSource),  # aiohttp StreamReader, fsspec async files
+    Kind(_has("__aiter__"), ChunkSource.of_iterable),  # httpx, Starlette, websockets
 ]
 
 _WRITERS_LOOKED_FOR = (
@@ -88,8 +95,9 @@ _WRITERS_LOOKED_FOR = (
     "an async send_all(), write() or send() method, or a write() with an async drain()"
 )
 _SOURCES_LOOKED_FOR = (
-    "an asyncio StreamReader, an anyio ByteReceiveStream, a trio ReceiveStream, or an async "
-    "binary file (aiofiles, anyio.open_file)"
+    "an asyncio StreamReader, an anyio ByteReceiveStream or ObjectReceiveStream of bytes, a "
+    "trio ReceiveStream, an async binary file (aiofiles, anyio.open_file), an object with an "
+    "async read(n), or an async iterable of bytes-like chunks"
 )
 
 
@@ -138,10 +146,7 @@ def source_for(reader: object) -> Source:
 
 def _lookup(kinds: list[Kind], stream: object) -> Any:
     """The adapter of the first entry that accepts *stream*, or None."""
-    sync_file = isinstance(stream, io.IOBase)
     for kind in kinds:
-        if kind.duck and sync_file:
-            return None
         if kind.accepts(stream):
             return kind.adapter
     return None

@@ -54,3 +54,8 @@ class Source:
 
     async def unread(self, data: bytes) -> None:
         raise NotImplementedError
+
+    def take_surplus(self) -> bytes:
+        """Take the bytes received from the stream but not yet returned (the rest of a chunk
+        longer than asked), which the driver keeps for the stream's next load."""
+        return b""

@@ -2,7 +2,7 @@
 # Set up (a venv per Python, installing the project with its test extras) and run every check:
 # ruff (lint + format), mypy --strict, and the pytest suite. Extra pytest arguments pass through,
 # e.g. `bash scripts/check.sh -k adump`. Runs the suite again on other installed Pythons
-# (3.10 and 3.13 from pyenv, when present) so the support claim in pyproject.toml is tested.
+# (3.10, 3.12 and 3.13 from pyenv, when present) so the support claim in pyproject.toml is tested.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +22,7 @@ echo "== mypy";   .venv/bin/mypy
 echo "== pytest ($(.venv/bin/python --version))"
 .venv/bin/python -m pytest -q "$@"
 
-for version in ${EXTRA_PYTHONS-3.10 3.13}; do
+for version in ${EXTRA_PYTHONS-3.10 3.12 3.13}; do
     python=$(ls -d /root/.pyenv/versions/"$version"*/bin/python3 2>/dev/null | head -n 1 || true)
     if [ -z "$python" ]; then
         echo "== Python $version not installed here; skipped"

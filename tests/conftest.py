@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterator
 
 import pytest
 import trustme
+
+from leaks import GreenletLedger
 
 
 @pytest.fixture(
@@ -28,3 +31,12 @@ def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     client = ssl.create_default_context()
     ca.configure_trust(client)
     return server, client
+
+
+@pytest.fixture
+def no_leaked_greenlets() -> Iterator[GreenletLedger]:
+    """Fails the test if it leaves more greenlets running than there were when it began; the
+    ledger it yields gives the baseline and the live count for checks inside the test."""
+    ledger = GreenletLedger()
+    yield ledger
+    ledger.check()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import hashlib
 import io
 import itertools
@@ -28,7 +27,6 @@ from typing import Any
 import aiofiles
 import anyio
 import anyio.lowlevel
-import greenlet
 import numpy
 import pytest
 import trio
@@ -37,8 +35,8 @@ from anyio.abc import ByteReceiveStream, SocketStream, UNIXSocketStream
 from anyio.streams.tls import TLSStream
 
 import streampickle
+from leaks import GreenletLedger
 from netutil import asyncio_pipe
-from streampickle._writers import MAX_WRITE
 
 pytestmark = pytest.mark.anyio
 
@@ -51,6 +49,9 @@ ASYNCIO_LOOPS = pytest.mark.parametrize(
     ],
 )
 HANG_GUARD = 30  # seconds; only so that a broken test fails instead of hanging CI
+#: The largest single write adump hands a stream: bigger chunks go as memoryview slices of
+#: this size (README: "memoryview slices of at most 1 MiB, never copied whole").
+MAX_WRITE = 1 << 20
 
 
 def payload() -> dict[str, Any]:
@@ -66,16 +67,6 @@ def payload() -> dict[str, Any]:
 
 OBJ = payload()
 EXPECTED = pickle.dumps(OBJ, 5)
-
-
-def live_greenlets() -> int:
-    """Greenlets started and not finished (each thread's main greenlet excluded)."""
-    gc.collect()
-    return sum(
-        1
-        for o in gc.get_objects()
-        if isinstance(o, greenlet.greenlet) and not o.dead and o.parent is not None
-    )
 
 
 async def receive_exactly(stream: ByteReceiveStream, size: int, max_bytes: int = 65536) -> bytes:
@@ -356,12 +347,13 @@ async def test_duck_typed_writers() -> None:
         (io.BytesIO(), "BytesIO is a synchronous file; use streampickle.dump()"),
     ],
 )
-async def test_unsupported_writer_is_a_type_error(writer: object, message: str) -> None:
-    before = live_greenlets()
+async def test_unsupported_writer_is_a_type_error(
+    writer: object, message: str, no_leaked_greenlets: GreenletLedger
+) -> None:
     with pytest.raises(TypeError, match=r"send_all\(\), write\(\) .*or send\(\)") as info:
         await streampickle.adump(OBJ, writer)
     assert message in str(info.value)
-    assert live_greenlets() == before
+    assert no_leaked_greenlets.leaked() == 0
 
 
 async def test_sync_write_method_is_a_type_error() -> None:
@@ -565,8 +557,9 @@ class CancellingWriter(AwaitableWrite):
 
 @pytest.mark.parametrize("where", ["in-write", "at-checkpoint"])
 @pytest.mark.parametrize("index", range(CANCEL_WRITES))
-async def test_cancellation_at_every_await_unwinds_the_pickler(index: int, where: str) -> None:
-    before = live_greenlets()
+async def test_cancellation_at_every_await_unwinds_the_pickler(
+    index: int, where: str, no_leaked_greenlets: GreenletLedger
+) -> None:
     alive_while_raising = -1
     with anyio.CancelScope() as scope:
         writer = CancellingWriter(scope, index if where == "in-write" else None)
@@ -579,20 +572,19 @@ async def test_cancellation_at_every_await_unwinds_the_pickler(index: int, where
             await streampickle.adump(CANCEL_OBJ, writer, 5, progress=cancel_after)
         except anyio.get_cancelled_exc_class():
             # the traceback still holds adump's frames: the pickler must already be unwound
-            alive_while_raising = live_greenlets()
+            alive_while_raising = no_leaked_greenlets.live()
             raise
     assert scope.cancelled_caught
-    assert alive_while_raising == before
+    assert alive_while_raising == no_leaked_greenlets.baseline
     assert writer.writes == index + 1
     assert CANCEL_EXPECTED.startswith(writer.data)  # a prefix: partial unless index is the last
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 async def test_peer_disconnect_surfaces_promptly(
-    family: socket.AddressFamily, tmp_path: Path
+    family: socket.AddressFamily, tmp_path: Path, no_leaked_greenlets: GreenletLedger
 ) -> None:
     sent = [0]
-    before = live_greenlets()
     async with anyio_pair(family, tmp_path, buffer_size=FRAME) as (client, server):
 
         async def read_some_then_drop() -> None:
@@ -604,19 +596,20 @@ async def test_peer_disconnect_surfaces_promptly(
                 tg.start_soon(read_some_then_drop)
                 with pytest.raises(anyio.BrokenResourceError) as info:
                     await streampickle.adump(BIG, client, 5, progress=sent.append)
-        assert live_greenlets() == before, info
+        assert no_leaked_greenlets.leaked() == 0, info
     assert sent[-1] < BIG_SIZE // 8  # it stopped soon after the reader left
 
 
 @ASYNCIO_LOOPS
-async def test_peer_disconnect_asyncio_stream_writer(tmp_path: Path) -> None:
+async def test_peer_disconnect_asyncio_stream_writer(
+    tmp_path: Path, no_leaked_greenlets: GreenletLedger
+) -> None:
     client_sock, server_sock = raw_socket_pair(socket.AF_INET, tmp_path)
     client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, FRAME)
     server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, FRAME)
     _, writer = await asyncio.open_connection(sock=client_sock)
     reader, server_writer = await asyncio.open_connection(sock=server_sock)
     sent = [0]
-    before = live_greenlets()
 
     async def read_some_then_drop() -> None:
         await reader.readexactly(256 * 1024)
@@ -626,7 +619,7 @@ async def test_peer_disconnect_asyncio_stream_writer(tmp_path: Path) -> None:
     try:
         with anyio.fail_after(HANG_GUARD), pytest.raises(ConnectionError) as info:
             await streampickle.adump(BIG, writer, 5, progress=sent.append)
-        assert live_greenlets() == before, info
+        assert no_leaked_greenlets.leaked() == 0, info
     finally:
         await dropping
         writer.close()
@@ -634,14 +627,15 @@ async def test_peer_disconnect_asyncio_stream_writer(tmp_path: Path) -> None:
 
 
 @TRIO_ONLY
-async def test_peer_disconnect_trio_socket_stream(tmp_path: Path) -> None:
+async def test_peer_disconnect_trio_socket_stream(
+    tmp_path: Path, no_leaked_greenlets: GreenletLedger
+) -> None:
     client_sock, server_sock = raw_socket_pair(socket.AF_INET, tmp_path)
     client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, FRAME)
     server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, FRAME)
     client = trio.SocketStream(trio.socket.from_stdlib_socket(client_sock))
     server = trio.SocketStream(trio.socket.from_stdlib_socket(server_sock))
     sent = [0]
-    before = live_greenlets()
 
     async def read_some_then_drop() -> None:
         await trio_receive_exactly(server, 256 * 1024)
@@ -653,7 +647,7 @@ async def test_peer_disconnect_trio_socket_stream(tmp_path: Path) -> None:
                 tg.start_soon(read_some_then_drop)
                 with pytest.raises(trio.BrokenResourceError) as info:
                     await streampickle.adump(BIG, client, 5, progress=sent.append)
-        assert live_greenlets() == before, info
+        assert no_leaked_greenlets.leaked() == 0, info
     assert sent[-1] < BIG_SIZE // 8
 
 
@@ -674,16 +668,17 @@ class Recorder:
         pytest.param(lambda: None, id="PicklingError"),
     ],
 )
-async def test_unpicklable_object_deep_in_the_graph(bad: object) -> None:
+async def test_unpicklable_object_deep_in_the_graph(
+    bad: object, no_leaked_greenlets: GreenletLedger
+) -> None:
     obj = {"records": OBJ["records"], "deep": {"a": [1, (2, {"bad": bad})]}}
     oracle = Recorder()
     with pytest.raises((TypeError, pickle.PicklingError)) as expected:
         pickle.Pickler(oracle, 5).dump(obj)
     writer = AwaitableWrite()
-    before = live_greenlets()
     with pytest.raises(type(expected.value)) as info:
         await streampickle.adump(obj, writer, 5)
-    assert live_greenlets() == before  # while the traceback is still alive
+    assert no_leaked_greenlets.leaked() == 0  # while the traceback is still alive
     assert str(info.value) == str(expected.value)
     assert getattr(info.value, "__notes__", None) == getattr(expected.value, "__notes__", None)
     assert writer.data == oracle.data  # the frames before the bad object: a partial pickle

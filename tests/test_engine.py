@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import copyreg
-import gc
 import io
 import pickle
 import pickletools
@@ -13,23 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
-import greenlet
 import pytest
 
 import streampickle
 from corpus import Plain, Reduced
+from leaks import GreenletLedger
 
 FRAME_TARGET = 64 * 1024
-
-
-def live_greenlets() -> int:
-    """Greenlets started and not finished (the main greenlet of each thread excluded)."""
-    gc.collect()
-    return sum(
-        1
-        for o in gc.get_objects()
-        if isinstance(o, greenlet.greenlet) and o and o.parent is not None
-    )
 
 
 def layout(data: bytes) -> tuple[set[int], list[tuple[int, int]], list[tuple[int, int]]]:
@@ -120,7 +109,9 @@ class Boom:
         raise ValueError("boom at depth")
 
 
-def test_pickling_error_raised_where_it_happens_after_earlier_chunks() -> None:
+def test_pickling_error_raised_where_it_happens_after_earlier_chunks(
+    no_leaked_greenlets: GreenletLedger,
+) -> None:
     obj = [list(range(100_000)), Boom()]
     gen = streampickle.iter_dumps(obj, 4)
     first = next(gen)  # the frames before the bad object are produced first
@@ -129,7 +120,7 @@ def test_pickling_error_raised_where_it_happens_after_earlier_chunks() -> None:
         list(gen)
     with pytest.raises(StopIteration):
         next(gen)
-    assert live_greenlets() == 0
+    assert no_leaked_greenlets.leaked() == 0
 
 
 def test_unpicklable_error_is_the_one_pickle_raises() -> None:
@@ -142,7 +133,7 @@ def test_unpicklable_error_is_the_one_pickle_raises() -> None:
     assert getattr(ours.value, "__notes__", None) == getattr(theirs.value, "__notes__", None)
 
 
-def test_recursion_error_as_pickle() -> None:
+def test_recursion_error_as_pickle(no_leaked_greenlets: GreenletLedger) -> None:
     deep: list[Any] = []
     for _ in range(100_000):
         deep = [deep]
@@ -150,32 +141,32 @@ def test_recursion_error_as_pickle() -> None:
         pickle.dumps(deep, 4)
     with pytest.raises(RecursionError):
         list(streampickle.iter_dumps(deep, 4))
-    assert live_greenlets() == 0
+    assert no_leaked_greenlets.leaked() == 0
 
 
-def test_early_close_unwinds_the_pickler() -> None:
-    before = live_greenlets()
+def test_early_close_unwinds_the_pickler(no_leaked_greenlets: GreenletLedger) -> None:
     gen = streampickle.iter_dumps([list(range(50_000)), list(range(50_000))], 4)
     next(gen)
-    assert live_greenlets() == before + 1
+    assert no_leaked_greenlets.leaked() == 1
     gen.close()
-    assert live_greenlets() == before
+    assert no_leaked_greenlets.leaked() == 0
 
 
-def test_garbage_collected_generator_leaves_no_greenlet() -> None:
-    before = live_greenlets()
+def test_garbage_collected_generator_leaves_no_greenlet(
+    no_leaked_greenlets: GreenletLedger,
+) -> None:
     gen = streampickle.iter_dumps(list(range(200_000)), 4)
     next(gen)
     del gen
-    assert live_greenlets() == before
+    assert no_leaked_greenlets.leaked() == 0
 
 
-def test_exception_thrown_in_unwinds_and_propagates() -> None:
+def test_exception_thrown_in_unwinds_and_propagates(no_leaked_greenlets: GreenletLedger) -> None:
     gen = streampickle.iter_dumps(list(range(200_000)), 4)
     next(gen)
     with pytest.raises(KeyError, match="consumer gave up"):
         gen.throw(KeyError("consumer gave up"))
-    assert live_greenlets() == 0
+    assert no_leaked_greenlets.leaked() == 0
 
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
@@ -204,7 +195,7 @@ def test_context_of_each_resume_is_used() -> None:
     assert pickle.loads(b"".join(chunks))[1] == "from-ctx"
 
 
-def test_resuming_from_another_thread_is_refused() -> None:
+def test_resuming_from_another_thread_is_refused(no_leaked_greenlets: GreenletLedger) -> None:
     gen = streampickle.iter_dumps(list(range(200_000)), 4)
     next(gen)
     errors: list[BaseException] = []
@@ -221,7 +212,7 @@ def test_resuming_from_another_thread_is_refused() -> None:
     assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
     assert "resumed from thread" in str(errors[0])
     gen.close()
-    assert live_greenlets() == 0
+    assert no_leaked_greenlets.leaked() == 0
 
 
 class PersistentPickler(streampickle.Pickler):

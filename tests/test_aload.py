@@ -27,6 +27,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.stapled import MultiListener
 
 import streampickle
+from netutil import tcp_pair
 from streampickle import LimitExceeded, aiter_load, aload
 
 pytestmark = pytest.mark.anyio
@@ -62,16 +63,6 @@ def pieces(data: bytes, sizes: Callable[[], int]) -> list[bytes]:
 
 # ---------------------------------------------------------------------------------------------
 # Readers of every kind, each delivering given bytes and then end of stream.
-
-
-@asynccontextmanager
-async def tcp_pair() -> AsyncIterator[tuple[SocketStream, SocketStream]]:
-    """(client, server) anyio socket streams over loopback."""
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
-        port = listener.extra(SocketAttribute.local_port)
-        client = await anyio.connect_tcp("127.0.0.1", port)
-        async with client, await accept(listener) as server:
-            yield client, server
 
 
 async def accept(listener: MultiListener[SocketStream]) -> SocketStream:

@@ -1,8 +1,8 @@
 """`adump` through every kind of writer, on real transports; stdlib ``pickle`` is the oracle.
 
-Every async test runs on asyncio and trio. Stream kinds that exist on one event loop only
-(asyncio ``StreamWriter``, aiofiles, trio's own streams) run there, on asyncio under uvloop too,
-and each has a counterpart on the other loop for the same transport.
+Every async test runs on asyncio, uvloop and trio. Stream kinds that exist on one event loop
+only (asyncio ``StreamWriter``, aiofiles, trio's own streams) run there (asyncio's on uvloop
+too), and each has a counterpart on the other loop for the same transport.
 """
 
 from __future__ import annotations
@@ -40,14 +40,6 @@ from netutil import asyncio_pipe
 
 pytestmark = pytest.mark.anyio
 
-TRIO_ONLY = pytest.mark.parametrize("anyio_backend", [pytest.param(("trio", {}), id="trio")])
-ASYNCIO_LOOPS = pytest.mark.parametrize(
-    "anyio_backend",
-    [
-        pytest.param(("asyncio", {}), id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-    ],
-)
 HANG_GUARD = 30  # seconds; only so that a broken test fails instead of hanging CI
 #: The largest single write adump hands a stream: bigger chunks go as memoryview slices of
 #: this size (README: "memoryview slices of at most 1 MiB, never copied whole").
@@ -149,7 +141,7 @@ async def test_anyio_socket_stream(family: socket.AddressFamily, tmp_path: Path)
     assert received == EXPECTED
 
 
-@ASYNCIO_LOOPS
+@pytest.mark.backends("asyncio", "uvloop")
 @pytest.mark.parametrize("family", FAMILIES)
 async def test_asyncio_stream_writer(family: socket.AddressFamily, tmp_path: Path) -> None:
     client_sock, server_sock = raw_socket_pair(family, tmp_path)
@@ -164,7 +156,7 @@ async def test_asyncio_stream_writer(family: socket.AddressFamily, tmp_path: Pat
     assert received == EXPECTED
 
 
-@TRIO_ONLY
+@pytest.mark.backends("trio")
 @pytest.mark.parametrize("family", FAMILIES)
 async def test_trio_socket_stream(family: socket.AddressFamily, tmp_path: Path) -> None:
     client_sock, server_sock = raw_socket_pair(family, tmp_path)
@@ -212,14 +204,14 @@ async def test_anyio_memory_object_stream_gets_bytes() -> None:
     assert max(len(item) for item in items) == MAX_WRITE  # the 2.5 MiB blob, sliced
 
 
-@TRIO_ONLY
+@pytest.mark.backends("trio")
 async def test_trio_memory_stream_pair() -> None:
     client, server = trio.testing.memory_stream_pair()
     received = await dump_and_collect(client, lambda n: trio_receive_exactly(server, n))
     assert received == EXPECTED
 
 
-@TRIO_ONLY
+@pytest.mark.backends("trio")
 async def test_trio_lockstep_stream_never_runs_ahead_of_the_reader() -> None:
     client, server = trio.testing.lockstep_stream_pair()
     received = bytearray()
@@ -247,7 +239,8 @@ async def test_anyio_async_file(tmp_path: Path) -> None:
     assert path.read_bytes() == EXPECTED
 
 
-@ASYNCIO_LOOPS  # aiofiles runs on asyncio only: it uses the loop's executor
+# aiofiles runs on asyncio only: it uses the loop's executor
+@pytest.mark.backends("asyncio", "uvloop")
 async def test_aiofiles(tmp_path: Path) -> None:
     path = tmp_path / "out.pickle"
     async with aiofiles.open(path, "wb") as f:
@@ -272,7 +265,7 @@ async def test_anyio_process_stdin() -> None:
     assert report.strip() == CHILD_REPORT
 
 
-@ASYNCIO_LOOPS
+@pytest.mark.backends("asyncio", "uvloop")
 async def test_asyncio_subprocess_stdin() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CHILD, stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -285,14 +278,14 @@ async def test_asyncio_subprocess_stdin() -> None:
     assert report.strip() == CHILD_REPORT
 
 
-@ASYNCIO_LOOPS
+@pytest.mark.backends("asyncio", "uvloop")
 async def test_asyncio_write_pipe() -> None:
     async with asyncio_pipe() as (reader, writer):
         received = await dump_and_collect(writer, reader.readexactly)
     assert received == EXPECTED
 
 
-@TRIO_ONLY
+@pytest.mark.backends("trio")
 async def test_trio_pipe() -> None:
     read_fd, write_fd = os.pipe()
     async with trio.lowlevel.FdStream(write_fd) as sink, trio.lowlevel.FdStream(read_fd) as src:
@@ -504,7 +497,7 @@ async def test_other_tasks_run_between_writes() -> None:
     assert beats[0] <= 2 and beats[-1] >= writer.writes - 2  # beating all along
 
 
-@ASYNCIO_LOOPS
+@pytest.mark.backends("asyncio", "uvloop")
 async def test_asyncio_stream_writer_does_not_starve_the_loop(tmp_path: Path) -> None:
     client_sock, server_sock = raw_socket_pair(socket.AF_INET, tmp_path)
     _, writer = await asyncio.open_connection(sock=client_sock)
@@ -600,7 +593,7 @@ async def test_peer_disconnect_surfaces_promptly(
     assert sent[-1] < BIG_SIZE // 8  # it stopped soon after the reader left
 
 
-@ASYNCIO_LOOPS
+@pytest.mark.backends("asyncio", "uvloop")
 async def test_peer_disconnect_asyncio_stream_writer(
     tmp_path: Path, no_leaked_greenlets: GreenletLedger
 ) -> None:
@@ -626,7 +619,7 @@ async def test_peer_disconnect_asyncio_stream_writer(
     assert sent[-1] < BIG_SIZE // 8
 
 
-@TRIO_ONLY
+@pytest.mark.backends("trio")
 async def test_peer_disconnect_trio_socket_stream(
     tmp_path: Path, no_leaked_greenlets: GreenletLedger
 ) -> None:
@@ -685,6 +678,10 @@ async def test_unpicklable_object_deep_in_the_graph(
     assert len(writer.data) > 4 * FRAME
 
 
+# Not on uvloop: anyio's asyncio stream protocol queues what uvloop reads (pieces of ~200 KB)
+# faster than the reader's 64 KiB receives drain it, so the traced peak (4.7-5.3 MB measured)
+# is the receiving end's queue in this one process, not what adump holds.
+@pytest.mark.backends("asyncio", "trio")
 @pytest.mark.parametrize(
     "megabytes", [100, pytest.param(400, marks=pytest.mark.slow, id="400-slow")]
 )

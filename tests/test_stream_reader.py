@@ -26,16 +26,7 @@ from netutil import asyncio_pipe
 from streampickle import PickleStream, _readers, aiter_load, aload
 from streampickle._readers import DIRECT_MIN, MAX_DIRECT, _StreamReaderSource
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.parametrize(
-        "anyio_backend",
-        [
-            pytest.param(("asyncio", {}), id="asyncio"),
-            pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-        ],
-    ),
-]
+pytestmark = [pytest.mark.anyio, pytest.mark.backends("asyncio", "uvloop")]
 
 HANG_GUARD = 30  # seconds; only so that a broken test fails instead of hanging CI
 KINDS = ("tcp", "tls", "unix", "pipe")

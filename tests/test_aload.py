@@ -1,4 +1,4 @@
-"""`aload` / `aiter_load` on real transports of every kind, on asyncio and trio.
+"""`aload` / `aiter_load` on real transports of every kind, on asyncio, uvloop and trio.
 
 The oracle is the standard library: bytes come from ``pickle.dumps`` and objects are compared
 with what ``pickle.loads`` returns.
@@ -27,6 +27,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.stapled import MultiListener
 
 import streampickle
+from netutil import tcp_pair
 from streampickle import LimitExceeded, aiter_load, aload
 
 pytestmark = pytest.mark.anyio
@@ -64,16 +65,6 @@ def pieces(data: bytes, sizes: Callable[[], int]) -> list[bytes]:
 # Readers of every kind, each delivering given bytes and then end of stream.
 
 
-@asynccontextmanager
-async def tcp_pair() -> AsyncIterator[tuple[SocketStream, SocketStream]]:
-    """(client, server) anyio socket streams over loopback."""
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
-        port = listener.extra(SocketAttribute.local_port)
-        client = await anyio.connect_tcp("127.0.0.1", port)
-        async with client, await accept(listener) as server:
-            yield client, server
-
-
 async def accept(listener: MultiListener[SocketStream]) -> SocketStream:
     """The next connection to a listener of ``anyio.create_tcp_listener``."""
     inner = listener.listeners[0]
@@ -87,25 +78,27 @@ async def send_pieces(stream: SocketStream, chunks: Sequence[bytes]) -> None:
     await stream.send_eof()
 
 
+ANY = ("asyncio", "uvloop", "trio")
+ASYNCIO = ("asyncio", "uvloop")
 KINDS = {
     # kind: the backends it exists on
-    "anyio": ("asyncio", "trio"),
-    "buffered": ("asyncio", "trio"),
+    "anyio": ANY,
+    "buffered": ANY,
     "trio": ("trio",),
-    "asyncio": ("asyncio",),
-    "asyncio-limit": ("asyncio",),
-    "file": ("asyncio", "trio"),
-    "aiofiles": ("asyncio",),
-    "pipe": ("asyncio", "trio"),
-    "process": ("asyncio", "trio"),
-    "asyncio-process": ("asyncio",),
+    "asyncio": ASYNCIO,
+    "asyncio-limit": ASYNCIO,
+    "file": ANY,
+    "aiofiles": ASYNCIO,
+    "pipe": ANY,
+    "process": ANY,
+    "asyncio-process": ASYNCIO,
 }
 SOCKET_KINDS = ("anyio", "buffered", "trio", "asyncio", "asyncio-limit")
 
 
-def skip_unless(kind: str, backend: str) -> None:
-    if backend not in KINDS[kind]:
-        pytest.skip(f"{kind} readers exist on {KINDS[kind]} only")
+def on_their_backends(kinds: Iterable[str]) -> list[Any]:
+    """*kinds* as parameters, each generated only on the backends it exists on."""
+    return [pytest.param(kind, marks=pytest.mark.backends(*KINDS[kind])) for kind in kinds]
 
 
 @asynccontextmanager
@@ -219,9 +212,8 @@ def byte_readers(data: bytes) -> list[object]:
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-@pytest.mark.parametrize("kind", list(KINDS))
-async def test_back_to_back(kind: str, protocol: int, anyio_backend: Any, tmp_path: Path) -> None:
-    skip_unless(kind, anyio_backend[0])
+@pytest.mark.parametrize("kind", on_their_backends(KINDS))
+async def test_back_to_back(kind: str, protocol: int, tmp_path: Path) -> None:
     objs = objects(protocol) * 3
     data = pickled(objs, protocol)
     with anyio.fail_after(20):
@@ -233,12 +225,9 @@ async def test_back_to_back(kind: str, protocol: int, anyio_backend: Any, tmp_pa
                 await aload(reader)
 
 
-@pytest.mark.parametrize("kind", SOCKET_KINDS)
+@pytest.mark.parametrize("kind", on_their_backends(SOCKET_KINDS))
 @pytest.mark.parametrize("protocol", [2, 5])
-async def test_one_byte_trickle(
-    kind: str, protocol: int, anyio_backend: Any, tmp_path: Path
-) -> None:
-    skip_unless(kind, anyio_backend[0])
+async def test_one_byte_trickle(kind: str, protocol: int, tmp_path: Path) -> None:
     objs = [{"k": list(range(20)), "s": "abc" * 30}, b"x" * 300, 12345]
     data = pickled(objs, protocol)
     with anyio.fail_after(20):
@@ -247,9 +236,8 @@ async def test_one_byte_trickle(
 
 
 @pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("kind", SOCKET_KINDS)
-async def test_random_chunking(kind: str, seed: int, anyio_backend: Any, tmp_path: Path) -> None:
-    skip_unless(kind, anyio_backend[0])
+@pytest.mark.parametrize("kind", on_their_backends(SOCKET_KINDS))
+async def test_random_chunking(kind: str, seed: int, tmp_path: Path) -> None:
     rng = random.Random(seed)
     objs = [obj for protocol in (2, 4, 5) for obj in objects(protocol)[:4]]
     data = b"".join(pickle.dumps(obj, rng.choice((2, 3, 4, 5))) for obj in objs)
@@ -272,9 +260,8 @@ async def test_every_prefix_fails(protocol: int, anyio_backend: Any) -> None:
                 await aload(reader)
 
 
-async def test_prefixes_on_stream_reader(anyio_backend: Any) -> None:
-    if anyio_backend[0] != "asyncio":
-        pytest.skip("asyncio StreamReader")
+@pytest.mark.backends("asyncio")  # a StreamReader fed by hand: no transport, so no uvloop
+async def test_prefixes_on_stream_reader() -> None:
     for protocol in PROTOCOLS:
         data = pickle.dumps(["a" * 10, b"b", 3], protocol)
         for end in range(len(data)):
@@ -378,9 +365,8 @@ async def test_custom_limits(anyio_backend: Any) -> None:
         assert await aload(reader, max_line_length=5010) == "x" * 5000
 
 
-async def test_line_limit_on_stream_reader(anyio_backend: Any) -> None:
-    if anyio_backend[0] != "asyncio":
-        pytest.skip("asyncio StreamReader")
+@pytest.mark.backends("asyncio")  # a StreamReader fed by hand: no transport, so no uvloop
+async def test_line_limit_on_stream_reader() -> None:
     data = pickle.dumps("y" * 3000, 0) + pickle.dumps("z" * 10, 0)
     reader = asyncio.StreamReader(limit=64)
     reader.feed_data(data)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import io
 import itertools
 import json
@@ -12,17 +11,16 @@ import pickle
 import pickletools
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import SocketAttribute, SocketListener, SocketStream
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import streampickle
+from netutil import tcp_pair
 from streampickle import Allowlist, PickleStream
 from streampickle.__main__ import main
 from streampickle._inspect import inspect_stream
@@ -53,18 +51,6 @@ def one_line_error(err: str, command: str) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Progress hooks, over real loopback TCP
-
-
-@contextlib.asynccontextmanager
-async def tcp_pair() -> AsyncIterator[tuple[SocketStream, SocketStream]]:
-    """A connected (client, server) pair of anyio TCP streams on loopback."""
-    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
-        port = listener.extra(SocketAttribute.local_port)
-        inner = listener.listeners[0]
-        assert isinstance(inner, SocketListener)
-        client = await anyio.connect_tcp("127.0.0.1", port)
-        async with client, await inner.accept() as server:
-            yield client, server
 
 
 def check_counts(counts: list[int], total: int) -> None:

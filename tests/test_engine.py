@@ -4,59 +4,19 @@ from __future__ import annotations
 
 import contextvars
 import copyreg
-import gc
 import io
 import pickle
-import pickletools
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
-import greenlet
 import pytest
 
 import streampickle
+from chunks import FRAME_TARGET, assert_whole_chunks
 from corpus import Plain, Reduced
-
-FRAME_TARGET = 64 * 1024
-
-
-def live_greenlets() -> int:
-    """Greenlets started and not finished (the main greenlet of each thread excluded)."""
-    gc.collect()
-    return sum(
-        1
-        for o in gc.get_objects()
-        if isinstance(o, greenlet.greenlet) and o and o.parent is not None
-    )
-
-
-def layout(data: bytes) -> tuple[set[int], list[tuple[int, int]], list[tuple[int, int]]]:
-    """Opcode/payload boundaries, frame spans and large-payload spans of a pickle."""
-    ops = list(pickletools.genops(data))
-    boundaries = {len(data)}
-    frames, payloads = [], []
-    for i, (op, arg, pos) in enumerate(ops):
-        end = ops[i + 1][2] if i + 1 < len(ops) else len(data)
-        assert pos is not None and end is not None
-        boundaries.add(pos)
-        if op.name == "FRAME":
-            frames.append((pos, pos + 9 + arg))  # type: ignore[operator]
-        elif isinstance(arg, str | bytes | bytearray):
-            size = len(arg.encode("utf-8", "surrogatepass")) if isinstance(arg, str) else len(arg)
-            if size >= FRAME_TARGET:
-                payloads.append((end - size, end))
-                boundaries.add(end - size)
-    return boundaries, frames, payloads
-
-
-def chunk_spans(chunks: list[streampickle.Chunk]) -> list[tuple[int, int]]:
-    spans, pos = [], 0
-    for chunk in chunks:
-        spans.append((pos, pos + len(chunk)))
-        pos += len(chunk)
-    return spans
+from leaks import GreenletLedger
 
 
 def big_graph() -> list[Any]:
@@ -72,22 +32,37 @@ def big_graph() -> list[Any]:
 @pytest.mark.parametrize("protocol", [4, 5])
 def test_every_chunk_is_a_whole_frame_or_a_whole_large_payload(protocol: int) -> None:
     obj = big_graph()
-    chunks = list(streampickle.iter_dumps(obj, protocol))
+    found = assert_whole_chunks(
+        list(streampickle.iter_dumps(obj, protocol)), pickle.dumps(obj, protocol)
+    )
+    assert len(found.frames) > 10 and len(found.payloads) == 3  # the graph exercises both rules
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+@pytest.mark.parametrize(
+    "obj",
+    [
+        pytest.param(list(range(50)), id="one-frame"),
+        pytest.param([b"x" * FRAME_TARGET, b"y" * FRAME_TARGET], id="payloads-back-to-back"),
+        pytest.param(["s" * (FRAME_TARGET - 1), "é" * FRAME_TARGET], id="str-at-the-target"),
+        pytest.param([bytearray(3 * FRAME_TARGET), 1], id="bytearray"),
+    ],
+)
+def test_chunk_rule_holds_at_edges(obj: Any, protocol: int) -> None:
+    assert_whole_chunks(list(streampickle.iter_dumps(obj, protocol)), pickle.dumps(obj, protocol))
+
+
+def test_chunk_checker_refuses_a_cut_inside_a_frame() -> None:
+    """The checker itself: a frame split across two chunks, or two frames in one chunk, fail."""
+    obj = big_graph()
+    chunks = [bytes(c) for c in streampickle.iter_dumps(obj, 5)]
     data = b"".join(chunks)
-    assert data == pickle.dumps(obj, protocol)
-    boundaries, frames, payloads = layout(data)
-    spans = chunk_spans(chunks)
-    assert len(frames) > 10 and len(payloads) == 3
-    for start, end in spans:  # chunks start and end between opcodes or at payload edges
-        assert start in boundaries and end in boundaries
-    for frame in frames:  # each frame lies inside one chunk, and a chunk holds one frame
-        holders = [s for s in spans if s[0] <= frame[0] and frame[1] <= s[1]]
-        assert len(holders) == 1
-        assert sum(1 for f in frames if holders[0][0] <= f[0] < holders[0][1]) == 1
-    for payload in payloads:  # large payloads are chunks of their own
-        assert payload in spans
-    framed = [s for s in spans if any(s[0] <= f[0] < s[1] for f in frames)]
-    assert all(end - start <= 2 * FRAME_TARGET + 64 for start, end in framed)
+    split = [chunks[0][:100], chunks[0][100:], *chunks[1:]]
+    with pytest.raises(AssertionError):
+        assert_whole_chunks(split, data)
+    merged = [chunks[0] + chunks[1], *chunks[2:]]
+    with pytest.raises(AssertionError):
+        assert_whole_chunks(merged, data)
 
 
 def test_large_buffers_pass_through_without_copy() -> None:
@@ -120,7 +95,9 @@ class Boom:
         raise ValueError("boom at depth")
 
 
-def test_pickling_error_raised_where_it_happens_after_earlier_chunks() -> None:
+def test_pickling_error_raised_where_it_happens_after_earlier_chunks(
+    no_leaked_greenlets: GreenletLedger,
+) -> None:
     obj = [list(range(100_000)), Boom()]
     gen = streampickle.iter_dumps(obj, 4)
     first = next(gen)  # the frames before the bad object are produced first
@@ -129,7 +106,7 @@ def test_pickling_error_raised_where_it_happens_after_earlier_chunks() -> None:
         list(gen)
     with pytest.raises(StopIteration):
         next(gen)
-    assert live_greenlets() == 0
+    assert no_leaked_greenlets.leaked() == 0
 
 
 def test_unpicklable_error_is_the_one_pickle_raises() -> None:
@@ -142,7 +119,7 @@ def test_unpicklable_error_is_the_one_pickle_raises() -> None:
     assert getattr(ours.value, "__notes__", None) == getattr(theirs.value, "__notes__", None)
 
 
-def test_recursion_error_as_pickle() -> None:
+def test_recursion_error_as_pickle(no_leaked_greenlets: GreenletLedger) -> None:
     deep: list[Any] = []
     for _ in range(100_000):
         deep = [deep]
@@ -150,32 +127,32 @@ def test_recursion_error_as_pickle() -> None:
         pickle.dumps(deep, 4)
     with pytest.raises(RecursionError):
         list(streampickle.iter_dumps(deep, 4))
-    assert live_greenlets() == 0
+    assert no_leaked_greenlets.leaked() == 0
 
 
-def test_early_close_unwinds_the_pickler() -> None:
-    before = live_greenlets()
+def test_early_close_unwinds_the_pickler(no_leaked_greenlets: GreenletLedger) -> None:
     gen = streampickle.iter_dumps([list(range(50_000)), list(range(50_000))], 4)
     next(gen)
-    assert live_greenlets() == before + 1
+    assert no_leaked_greenlets.leaked() == 1
     gen.close()
-    assert live_greenlets() == before
+    assert no_leaked_greenlets.leaked() == 0
 
 
-def test_garbage_collected_generator_leaves_no_greenlet() -> None:
-    before = live_greenlets()
+def test_garbage_collected_generator_leaves_no_greenlet(
+    no_leaked_greenlets: GreenletLedger,
+) -> None:
     gen = streampickle.iter_dumps(list(range(200_000)), 4)
     next(gen)
     del gen
-    assert live_greenlets() == before
+    assert no_leaked_greenlets.leaked() == 0
 
 
-def test_exception_thrown_in_unwinds_and_propagates() -> None:
+def test_exception_thrown_in_unwinds_and_propagates(no_leaked_greenlets: GreenletLedger) -> None:
     gen = streampickle.iter_dumps(list(range(200_000)), 4)
     next(gen)
     with pytest.raises(KeyError, match="consumer gave up"):
         gen.throw(KeyError("consumer gave up"))
-    assert live_greenlets() == 0
+    assert no_leaked_greenlets.leaked() == 0
 
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="unset")
@@ -204,7 +181,7 @@ def test_context_of_each_resume_is_used() -> None:
     assert pickle.loads(b"".join(chunks))[1] == "from-ctx"
 
 
-def test_resuming_from_another_thread_is_refused() -> None:
+def test_resuming_from_another_thread_is_refused(no_leaked_greenlets: GreenletLedger) -> None:
     gen = streampickle.iter_dumps(list(range(200_000)), 4)
     next(gen)
     errors: list[BaseException] = []
@@ -221,7 +198,7 @@ def test_resuming_from_another_thread_is_refused() -> None:
     assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
     assert "resumed from thread" in str(errors[0])
     gen.close()
-    assert live_greenlets() == 0
+    assert no_leaked_greenlets.leaked() == 0
 
 
 class PersistentPickler(streampickle.Pickler):

@@ -1,4 +1,4 @@
-"""The examples run end to end (with small sizes), on asyncio and trio."""
+"""The examples run end to end (with small sizes), on asyncio, uvloop and trio."""
 
 from __future__ import annotations
 
@@ -30,11 +30,6 @@ def example(name: str) -> dict[str, Any]:
     return runpy.run_path(str(EXAMPLES / name))
 
 
-def only_on(backend: str, anyio_backend_name: str, why: str) -> None:
-    if anyio_backend_name != backend:
-        pytest.skip(f"{why}: it runs on {backend} only")
-
-
 def summary(job: dict[str, Any]) -> dict[str, Any]:
     """What the asyncio and trio servers must answer to *job*."""
     values = job["values"]
@@ -48,8 +43,8 @@ def summary(job: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.anyio
-async def test_asyncio_server(anyio_backend_name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    only_on("asyncio", anyio_backend_name, "asyncio_server.py uses asyncio's own streams")
+@pytest.mark.backends("asyncio", "uvloop")  # asyncio_server.py uses asyncio's own streams
+async def test_asyncio_server(capsys: pytest.CaptureFixture[str]) -> None:
     demo = example("asyncio_server.py")
     results = await demo["main"](clients=3, jobs=4, values=500)
     assert len(results) == 3
@@ -63,9 +58,9 @@ async def test_asyncio_server(anyio_backend_name: str, capsys: pytest.CaptureFix
 
 
 @pytest.mark.anyio
-async def test_asyncio_server_speaks_plain_pickle(anyio_backend_name: str) -> None:
+@pytest.mark.backends("asyncio", "uvloop")  # asyncio_server.py uses asyncio's own streams
+async def test_asyncio_server_speaks_plain_pickle() -> None:
     """A client with nothing but stdlib pickle and asyncio streams gets its answers."""
-    only_on("asyncio", anyio_backend_name, "asyncio_server.py uses asyncio's own streams")
     import asyncio
 
     demo = example("asyncio_server.py")
@@ -87,8 +82,8 @@ async def test_asyncio_server_speaks_plain_pickle(anyio_backend_name: str) -> No
 
 
 @pytest.mark.anyio
-async def test_trio_server(anyio_backend_name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    only_on("trio", anyio_backend_name, "trio_server.py is written with trio's own API")
+@pytest.mark.backends("trio")  # trio_server.py is written with trio's own API
+async def test_trio_server(capsys: pytest.CaptureFixture[str]) -> None:
     demo = example("trio_server.py")
     results = await demo["main"](clients=3, jobs=4, values=500)
     assert len(results) == 3

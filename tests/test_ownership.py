@@ -103,9 +103,8 @@ async def test_two_adumps_at_once_one_is_refused_the_other_arrives(anyio_backend
     assert pickle.loads(bytes(writer.data[len(pickle.dumps(first)) :])) == "then"
 
 
+@pytest.mark.backends("asyncio", "uvloop")  # asyncio streams
 async def test_asyncio_stream_writer_after_a_cancelled_adump(anyio_backend: Any) -> None:
-    if anyio_backend[0] != "asyncio":
-        pytest.skip("asyncio streams")
     peers: list[asyncio.StreamWriter] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

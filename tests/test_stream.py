@@ -1,4 +1,4 @@
-"""`PickleStream` over real TCP connections, on asyncio and trio."""
+"""`PickleStream` over real TCP connections, on asyncio, uvloop and trio."""
 
 from __future__ import annotations
 
@@ -153,9 +153,8 @@ async def test_limits_and_closed(anyio_backend: Any) -> None:
             await left.receive()
 
 
-async def test_from_asyncio(anyio_backend: Any) -> None:
-    if anyio_backend[0] != "asyncio":
-        pytest.skip("asyncio streams")
+@pytest.mark.backends("asyncio", "uvloop")  # asyncio streams
+async def test_from_asyncio() -> None:
     received: list[Any] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -176,9 +175,8 @@ async def test_from_asyncio(anyio_backend: Any) -> None:
     assert received == [{"i": i, "b": b"x" * i * 1000} for i in range(100)]
 
 
-async def test_from_trio(anyio_backend: Any) -> None:
-    if anyio_backend[0] != "trio":
-        pytest.skip("trio streams")
+@pytest.mark.backends("trio")  # trio streams
+async def test_from_trio() -> None:
     import trio
     import trio.testing
 

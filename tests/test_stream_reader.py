@@ -28,16 +28,7 @@ from streampickle._adapters import _asyncio as _readers
 from streampickle._adapters._asyncio import DIRECT_MIN, MAX_DIRECT
 from streampickle._adapters._asyncio import StreamReaderSource as _StreamReaderSource
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.parametrize(
-        "anyio_backend",
-        [
-            pytest.param(("asyncio", {}), id="asyncio"),
-            pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-        ],
-    ),
-]
+pytestmark = [pytest.mark.anyio, pytest.mark.backends("asyncio", "uvloop")]
 
 HANG_GUARD = 30  # seconds; only so that a broken test fails instead of hanging CI
 KINDS = ("tcp", "tls", "unix", "pipe")

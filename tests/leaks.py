@@ -1,0 +1,42 @@
+"""The one greenlet-leak check of the test suite.
+
+The engine runs the C pickler and unpickler on greenlets; a greenlet that is never finished or
+unwound keeps its frames (and the objects they reference) alive. `live_greenlets` counts them;
+the ``no_leaked_greenlets`` fixture (conftest.py) wraps a test in a `GreenletLedger`.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import greenlet
+
+
+def live_greenlets() -> int:
+    """Greenlets started and not finished, each thread's main greenlet (``parent is None``)
+    excluded. Collects garbage first, so only greenlets something still references count."""
+    gc.collect()
+    return sum(
+        1
+        for o in gc.get_objects()
+        # bool(g): started and not dead (an unstarted greenlet holds no frame)
+        if isinstance(o, greenlet.greenlet) and o.parent is not None and bool(o)
+    )
+
+
+class GreenletLedger:
+    """The live greenlets when a test began (`baseline`), to compare with `live` mid-test;
+    the fixture checks at teardown that the count is not above the baseline."""
+
+    def __init__(self) -> None:
+        self.baseline = live_greenlets()
+
+    def live(self) -> int:
+        return live_greenlets()
+
+    def leaked(self) -> int:
+        """How many more greenlets are live now than at the start (negative: fewer)."""
+        return self.live() - self.baseline
+
+    def check(self) -> None:
+        assert self.leaked() <= 0, f"{self.leaked()} greenlet(s) left running by the test"

@@ -204,3 +204,38 @@ def test_websockets_binary_messages_carry_chunks() -> None:
                 return await streampickle.aload(ws)
 
     assert asyncio.run(main()) == OBJECTS
+
+
+def test_pickle_stream_over_a_websocket() -> None:
+    """PickleStream.from_websocket on both ends: objects echoed, EndOfStream at a normal close;
+    PickleStream(ws) names from_websocket."""
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import ServerConnection, serve
+
+    objects = [*OBJECTS, numpy_free_payload()]
+
+    async def echo(ws: ServerConnection) -> None:
+        async with streampickle.PickleStream.from_websocket(ws) as stream:
+            async for obj in stream:
+                await stream.send(obj)
+
+    async def main() -> list[Any]:
+        async with serve(echo, "127.0.0.1", 0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}") as ws:
+                with pytest.raises(TypeError, match="from_websocket"):
+                    streampickle.PickleStream(ws)  # type: ignore[arg-type]
+                stream = streampickle.PickleStream.from_websocket(ws)
+                received = []
+                for obj in objects:
+                    await stream.send(obj)
+                    received.append(await stream.receive())
+                await stream.aclose()
+                return received
+
+    assert asyncio.run(main()) == objects
+
+
+def numpy_free_payload() -> dict[str, Any]:
+    """A payload bigger than websockets' default max_size (1 MiB) per message."""
+    return {"big": bytearray(b"m" * (3 << 20)), "records": list(range(50_000))}

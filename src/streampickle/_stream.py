@@ -12,7 +12,7 @@ import anyio
 from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
 from anyio.abc import AnyByteStream, ByteStream, ObjectStream
 
-from ._adapters import AsyncioByteStream, TransportSource, TrioByteStream
+from ._adapters import AsyncioByteStream, TransportSource, TrioByteStream, WebSocketByteStream
 from ._auth import authenticate
 from ._dump import write_chunks
 from ._limits import (
@@ -49,7 +49,8 @@ class PickleStream(ObjectStream[Any]):
     talk to a peer older than Python 3.8.
 
     *transport_stream* is an anyio ``ByteStream`` (or an ``ObjectStream`` of bytes); for
-    asyncio and trio streams use `from_asyncio` and `from_trio`. A wrong transport or
+    asyncio and trio streams and websockets use `from_asyncio`, `from_trio` and
+    `from_websocket`. A wrong transport or
     protocol raises ``TypeError``/``ValueError`` here, naming the constructor to use.
 
     Concurrency: concurrent ``send`` calls are serialized (each object goes out whole, in the
@@ -167,6 +168,24 @@ class PickleStream(ObjectStream[Any]):
             )
         return cls(TrioByteStream(stream), **options)
 
+    @classmethod
+    def from_websocket(cls, connection: Any, **options: Any) -> PickleStream:
+        """A `PickleStream` over a websockets connection (client or server side, the
+        ``websockets`` library's asyncio API); *options* are those of the constructor.
+
+        Each chunk of a pickle (a frame, or a slice of at most 1 MiB of a large buffer) goes
+        as one binary message, and received messages are read as one byte stream: a message
+        carries a chunk, not an object. The peer closing the connection normally ends the
+        stream (``EndOfStream`` between objects); a websocket cannot half-close, so
+        ``send_eof`` closes the connection.
+        """
+        if not (callable(getattr(connection, "recv", None)) and hasattr(connection, "send")):
+            raise TypeError(
+                f"from_websocket needs a websockets connection (recv() and send()), not "
+                f"{type(connection).__name__}"
+            )
+        return cls(WebSocketByteStream(connection), **options)
+
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
         return self.transport_stream.extra_attributes
@@ -243,6 +262,7 @@ _CONSTRUCTOR_HINT: dict[str | None, str] = {
     "asyncio": "; for asyncio streams use PickleStream.from_asyncio(reader, writer)",
     "trio": "; for a trio stream use PickleStream.from_trio(stream)",
     "anyio": "; for an anyio byte stream use PickleStream(stream)",
+    "websocket": "; for a websocket use PickleStream.from_websocket(connection)",
 }
 
 
@@ -253,6 +273,8 @@ def _family(stream: object) -> str | None:
         return "anyio"
     if hasattr(stream, "receive_some") and hasattr(stream, "send_all"):
         return "trio"
+    if callable(getattr(stream, "recv", None)) and callable(getattr(stream, "send", None)):
+        return "websocket"
     return None
 
 

@@ -25,6 +25,7 @@ from ._base import Source, Writer
 from ._files import AwaitWriter, FileSource
 from ._iterables import AsyncReadSource, ChunkSource
 from ._trio import SendAllWriter, TrioByteStream, TrioSource
+from ._websockets import WebSocketByteStream
 
 __all__ = [
     "SOURCES",
@@ -34,6 +35,7 @@ __all__ = [
     "Source",
     "TransportSource",
     "TrioByteStream",
+    "WebSocketByteStream",
     "Writer",
     "source_for",
     "writer_for",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import importlib.util
 import ssl
 from collections.abc import Generator, Iterable, Iterator
@@ -8,7 +9,7 @@ from typing import Any
 import pytest
 import trustme
 
-from leaks import GreenletLedger
+from leaks import GreenletLedger, freeze_the_collected
 
 # ---------------------------------------------------------------------------------------------
 # Backends: the one way to say where an async test runs (the mark is registered in
@@ -125,6 +126,14 @@ def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     client = ssl.create_default_context()
     ca.configure_trust(client)
     return server, client
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    freeze_the_collected()  # see leaks.py: cheap leak checks
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    gc.unfreeze()  # before the terminal summary, where plugins may import (and scan) lazily
 
 
 @pytest.fixture

@@ -24,6 +24,21 @@ def live_greenlets() -> int:
     )
 
 
+def freeze_the_collected() -> None:
+    """Move every object alive now to the collector's permanent generation (``gc.freeze``).
+
+    Called once collection is over (conftest.py; ``gc.unfreeze`` at the end of the session):
+    what the test modules built at import (the corpus, the payloads: some 120,000 objects) is
+    then left out of every later ``gc.collect`` and of `live_greenlets`' scan, which visit only
+    what the tests make. That takes a leak check from about 120 ms to under 1 ms. No greenlet
+    is running then, so none is hidden; ``gc.get_referrers`` no longer sees frozen referrers
+    (only hypothesis's ``register_random`` relies on it, at import, before the freeze).
+    """
+    gc.collect()
+    assert live_greenlets() == 0
+    gc.freeze()
+
+
 class GreenletLedger:
     """The live greenlets when a test began (`baseline`), to compare with `live` mid-test;
     the fixture checks at teardown that the count is not above the baseline."""

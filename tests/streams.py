@@ -278,6 +278,52 @@ async def anyio_memory(env: Env) -> AsyncIterator[Ends]:
 
 
 @asynccontextmanager
+async def anyio_memory_objects(env: Env) -> AsyncIterator[Ends]:
+    """An anyio memory object stream of bytes on both ends: aload reads its items as chunks."""
+    send, receive = anyio.create_memory_object_stream[bytes](4)
+    async with send, receive:
+        yield Ends(send, send.send, send.aclose, receive)
+
+
+@asynccontextmanager
+async def async_iterable(env: Env) -> AsyncIterator[Ends]:
+    """A plain async iterable of chunks (as httpx's aiter_bytes() and Starlette's
+    request.stream() are): an async generator over a memory object stream."""
+    send, receive = anyio.create_memory_object_stream[bytes](4)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        async for chunk in receive:
+            yield chunk
+
+    async with send, receive:
+        iterator = chunks()
+        yield Ends(send, send.send, send.aclose, iterator)
+        await iterator.aclose()  # type: ignore[attr-defined]
+
+
+@asynccontextmanager
+async def websocket(env: Env) -> AsyncIterator[Ends]:
+    """A websockets connection: adump sends each chunk as a binary message to the server's
+    connection, which aload reads as a stream of messages; the client's close ends it."""
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import ServerConnection, serve
+
+    accepted: asyncio.Queue[ServerConnection] = asyncio.Queue()
+    done = asyncio.Event()
+
+    async def handler(connection: ServerConnection) -> None:
+        await accepted.put(connection)
+        await done.wait()
+
+    async with serve(handler, "127.0.0.1", 0, max_size=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}", max_size=None) as client:
+            reader = await accepted.get()
+            yield Ends(client, client.send, client.close, reader)
+            done.set()
+
+
+@asynccontextmanager
 async def anyio_process(env: Env) -> AsyncIterator[Ends]:
     """``cat`` as a subprocess: adump writes its stdin, aload reads its stdout."""
     async with await anyio.open_process([cat()]) as process:
@@ -488,6 +534,9 @@ BYTE_KINDS = [
     ByteKind("anyio-unix", ANY, anyio_unix),
     ByteKind("anyio-buffered-tcp", ANY, anyio_buffered),
     ByteKind("anyio-memory", ANY, anyio_memory),
+    ByteKind("anyio-memory-objects", ANY, anyio_memory_objects),
+    ByteKind("async-iterable", ANY, async_iterable),
+    ByteKind("websocket", ASYNCIO, websocket),
     ByteKind("anyio-process", ANY, anyio_process),
     ByteKind("anyio-file", ANY, anyio_file, sequential=True),
     ByteKind("anyio-file-pipe", ANY, anyio_file_pipe),
@@ -551,8 +600,18 @@ async def pickle_stream_trio(env: Env, protocol: int) -> AsyncIterator[Pair]:
         )
 
 
+@asynccontextmanager
+async def pickle_stream_websocket(env: Env, protocol: int) -> AsyncIterator[Pair]:
+    async with websocket(env) as ends:
+        yield (
+            streampickle.PickleStream.from_websocket(ends.writer, protocol=protocol),
+            streampickle.PickleStream.from_websocket(ends.reader, protocol=protocol),
+        )
+
+
 OBJECT_KINDS = [
     ObjectKind("pickle-stream-tcp", ANY, pickle_stream_tcp),
+    ObjectKind("pickle-stream-websocket", ASYNCIO, pickle_stream_websocket),
     ObjectKind("pickle-stream-asyncio", ASYNCIO, pickle_stream_asyncio),
     ObjectKind("pickle-stream-trio", TRIO, pickle_stream_trio),
 ]

@@ -17,9 +17,8 @@ next `aload` on the same reader). A kind that fails an item because of a known l
 says so in its entry (`Known`); test_streams.py turns that into a strict xfail.
 
 Each kind runs on the backends it exists on (asyncio's and aiofiles' on asyncio and uvloop,
-trio's on trio, anyio's on all three). Left out: an anyio memory object stream read directly,
-which aload does not read (only through ``BufferedByteReceiveStream``: the ``anyio-memory``
-kind). Only the public API of streampickle is used here.
+trio's on trio, anyio's on all three, websockets' on asyncio). Only the public API of
+streampickle is used here.
 """
 
 from __future__ import annotations

@@ -50,11 +50,12 @@ async def adump(
     as in ``pickle`` (`PickleStream` defaults to 5; pass ``protocol=5`` to send numpy arrays and
     other buffers without a copy). *writer* is an asyncio ``StreamWriter`` (``write`` then
     ``await drain()``), an anyio ``ByteSendStream`` (``send``), a trio ``SendStream``
-    (``send_all``), an aiofiles binary file or anyio ``AsyncFile`` (awaitable ``write``), or an
-    object stream / anything else with an awaitable ``send`` (which then gets ``bytes``).
-    Anything else raises ``TypeError`` before pickling starts. *pickler_class* is any
-    ``pickle.Pickler`` subclass (see `iter_dumps`); ``progress(bytes_written)`` is called
-    after each write.
+    (``send_all``), an aiofiles binary file or anyio ``AsyncFile`` (awaitable ``write``),
+    aiohttp's ``StreamResponse`` (a ``write`` that returns an awaitable is awaited), or an
+    object stream / anything else with an async ``send`` (which then gets ``bytes``).
+    Anything else (a synchronous file, a socket) raises ``TypeError`` before pickling
+    starts. *pickler_class* is any ``pickle.Pickler`` subclass (see `iter_dumps`);
+    ``progress(bytes_written)`` is called after each write.
 
     Streaming needs frames: at protocols 4 and 5 each write is one frame (about 64 KiB) or a
     slice of at most 1 MiB of a large buffer, passed as a memoryview without a
@@ -74,7 +75,10 @@ async def adump(
     and cancellation propagate unchanged. In every such case the pickler is unwound before the
     exception leaves ``adump``, and the stream holds a *partial pickle*: a prefix of the bytes
     above, ending after the last complete frame on a pickling error, possibly mid-frame on a
-    stream error or a cancellation. It is not loadable; close the stream or treat it as broken.
+    stream error or a cancellation. It is not loadable: once a byte of it was written, the
+    writer is broken, and a later ``adump`` on it raises ``anyio.BrokenResourceError`` naming
+    the cause (a pickle after a partial one could load as a wrong object); close the stream.
+    ``anyio.BusyResourceError`` if another task is pickling into the same writer.
     """
     chunks = iter_dumps(
         obj,
@@ -145,19 +149,23 @@ async def aload(
     arrive; *fix_imports*, *encoding*, *errors* and *buffers* are those of ``pickle.load``.
 
     Readers: an asyncio ``StreamReader``, an anyio ``ByteReceiveStream`` (sockets, process
-    stdout) or ``BufferedByteReceiveStream``, a trio ``ReceiveStream``, or an aiofiles / anyio
-    ``AsyncFile`` binary file; else ``TypeError``. No byte past the pickle's STOP is lost: the
-    next ``aload`` on the same reader starts right after it. Streams that cannot take bytes back
-    (all but ``BufferedByteReceiveStream``, seekable files and asyncio ``StreamReader``) are
-    read exactly what the unpickler asks for: protocol 4/5 pickles cost a few receives per
-    64 KiB frame, but protocols 0-3 cost a receive per opcode. To read many protocol 0-3
-    pickles from such a stream, wrap it in ``anyio.streams.buffered.BufferedByteReceiveStream``
-    (and keep using the wrapper) or use `PickleStream`. Large ``bytes``/``bytearray`` payloads
-    are read into their final buffer: ``readinto`` on files, ``recv_into`` by the transport of
-    an asyncio ``StreamReader`` (asyncio, uvloop, TLS), piecewise copies of at most
-    1 MiB on other streams. (The ``StreamReader`` paths use its private buffer
-    and transport, as CPython 3.10-3.13 and uvloop have them; a reader without them is read
-    through its public API, exactly.)
+    stdout) or ``BufferedByteReceiveStream``, a trio ``ReceiveStream``, an aiofiles / anyio
+    ``AsyncFile`` binary file, an object with an async ``read(n)`` (aiohttp's ``StreamReader``),
+    an anyio ``ObjectReceiveStream`` of bytes, or any async iterable of bytes-like chunks (httpx
+    ``aiter_bytes()``, Starlette ``request.stream()``, a websockets connection); else
+    ``TypeError``. No byte past the pickle's STOP is lost: the next ``aload`` on the same reader
+    starts right after it (the rest of a chunk that held the end of the pickle is kept for the
+    next ``aload``/``aiter_load`` of the same reader object). Streams that cannot take bytes
+    back (all but ``BufferedByteReceiveStream``, seekable files and asyncio ``StreamReader``)
+    are read exactly what the unpickler asks for: protocol 4/5 pickles cost a few receives per
+    64 KiB frame, but protocols 0-3 cost a receive per opcode. To read many protocol 0-3 pickles
+    from such a stream, wrap it in ``anyio.streams.buffered.BufferedByteReceiveStream`` (and
+    keep using the wrapper) or use `PickleStream`. Large ``bytes``/``bytearray`` payloads are
+    read into their final buffer: ``readinto`` on files, ``recv_into`` by the transport of an
+    asyncio ``StreamReader`` (asyncio, uvloop, TLS), piecewise copies of at most 1 MiB on other
+    streams. (The ``StreamReader`` paths use its private buffer and transport, as CPython
+    3.10-3.13 and uvloop have them; a reader without them is read through its public API,
+    exactly.)
 
     Limits (``None`` disables one; each raises `LimitExceeded`, naming it, before the bytes are
     read or a buffer of the claimed size is allocated): *max_frame_size* for a protocol 4/5
@@ -187,9 +195,10 @@ async def aload(
 
     Errors: ``EOFError`` if the stream ends before the first byte (as ``pickle.load``);
     ``UnpicklingError`` or ``EOFError`` if it ends inside the pickle or the data is bad;
-    `LimitExceeded`; the stream's own errors. After an error or a cancellation the unpickler
-    has been unwound and the reader is positioned somewhere inside the pickle (bytes it had
-    read ahead are dropped): treat it as broken.
+    `LimitExceeded`; the stream's own errors. After an error or a cancellation inside the
+    pickle the unpickler has been unwound and the reader is broken: a later ``aload`` on it
+    raises ``anyio.BrokenResourceError`` naming the cause. ``anyio.BusyResourceError`` if
+    another task is loading from the same reader.
     """
     options = _load_options(
         fix_imports=fix_imports,

@@ -58,7 +58,6 @@ class LengthField:
     code: int  #: the opcode's byte
     width: int  #: bytes of the length field
     signed: bool
-    text: bool  #: a ``str`` payload (or a protocol 0-2 string), not bytes or a long int
 
     def decode(self, field: bytes) -> int:
         """The length in *field*, the `width` bytes after the opcode."""
@@ -71,9 +70,8 @@ def _length_fields() -> dict[str, LengthField]:
         if opcode.arg is None or opcode.arg.n not in _LENGTH_CODES:
             continue
         width, signed = _LENGTH_CODES[opcode.arg.n]
-        text = opcode.arg.name.startswith(("string", "unicode"))
         code = opcode.code.encode("latin-1")[0]
-        fields[opcode.name] = LengthField(opcode.name, code, width, signed, text)
+        fields[opcode.name] = LengthField(opcode.name, code, width, signed)
     return fields
 
 

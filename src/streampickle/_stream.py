@@ -161,7 +161,7 @@ class PickleStream(ObjectStream[Any]):
     def from_trio(cls, stream: Any, **options: Any) -> PickleStream:
         """A `PickleStream` over a trio ``Stream`` (``trio.SocketStream``, ``trio.SSLStream``,
         ``trio.StapledStream``...); *options* are those of the constructor."""
-        if not (hasattr(stream, "receive_some") and hasattr(stream, "send_all")):
+        if not _is_trio_stream(stream):
             raise TypeError(
                 f"from_trio needs a trio Stream (receive_some() and send_all()), not "
                 f"{type(stream).__name__}{_CONSTRUCTOR_HINT.get(_family(stream), '')}"
@@ -266,12 +266,16 @@ _CONSTRUCTOR_HINT: dict[str | None, str] = {
 }
 
 
+def _is_trio_stream(stream: object) -> bool:
+    return hasattr(stream, "receive_some") and hasattr(stream, "send_all")
+
+
 def _family(stream: object) -> str | None:
     if isinstance(stream, (asyncio.StreamReader, asyncio.StreamWriter)):
         return "asyncio"
     if isinstance(stream, (ByteStream, ObjectStream)):
         return "anyio"
-    if hasattr(stream, "receive_some") and hasattr(stream, "send_all"):
+    if _is_trio_stream(stream):
         return "trio"
     if callable(getattr(stream, "recv", None)) and callable(getattr(stream, "send", None)):
         return "websocket"
@@ -279,11 +283,12 @@ def _family(stream: object) -> str | None:
 
 
 def _check_transport(stream: object) -> None:
-    if _family(stream) == "anyio":
+    family = _family(stream)
+    if family == "anyio":
         return
     raise TypeError(
         f"PickleStream needs an anyio ByteStream as its transport, not "
-        f"{type(stream).__name__}{_CONSTRUCTOR_HINT.get(_family(stream), '')}"
+        f"{type(stream).__name__}{_CONSTRUCTOR_HINT.get(family, '')}"
     )
 
 

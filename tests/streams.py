@@ -16,9 +16,9 @@ object); and leftovers (pickles sent in one piece: the bytes after each STOP are
 next `aload` on the same reader). A kind that fails an item because of a known limitation
 says so in its entry (`Known`); test_streams.py turns that into a strict xfail.
 
-Each kind runs on the backends it exists on (asyncio's and aiofiles' on asyncio and uvloop,
-trio's on trio, anyio's on all three, websockets' on asyncio). Only the public API of
-streampickle is used here.
+Each kind runs on the backends it exists on (asyncio's, aiofiles', websockets' and fsspec's on
+asyncio and uvloop, trio's on trio, anyio's on all three). Only the public API of streampickle
+is used here.
 """
 
 from __future__ import annotations
@@ -323,6 +323,51 @@ async def websocket(env: Env) -> AsyncIterator[Ends]:
 
 
 @asynccontextmanager
+async def fsspec_http(env: Env) -> AsyncIterator[Ends]:
+    """An fsspec async file: ``HTTPFileSystem(asynchronous=True).open_async(url, "rb")`` (an
+    ``AbstractAsyncStreamedFile``, an ``io.IOBase`` whose read is a coroutine) on a download
+    from a local aiohttp server, which streams, chunked, what is sent to an anyio memory object
+    stream. fsspec opens such files for reading only, so adump writes that memory stream (as
+    in `async_iterable`). open_async first asks for the size (a HEAD, then a GET it does not
+    read): those get an empty answer; the file's own GET, at its first read, gets the stream."""
+    from aiohttp import web
+    from fsspec.implementations.http import HTTPFileSystem
+
+    send, receive = anyio.create_memory_object_stream[bytes](4)
+    opened = anyio.Event()
+
+    async def download(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError):  # the file was closed before the end
+            if request.method == "GET" and opened.is_set():
+                async for chunk in receive:
+                    await response.write(chunk)
+            await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/stream", download)
+    runner = web.AppRunner(app, shutdown_timeout=0)
+    await runner.setup()
+    # Closed in reverse: the file, the client session, the writer's end (the handler's
+    # stream ends), the server, the reader's end.
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(receive.aclose)
+        stack.push_async_callback(runner.cleanup)
+        stack.push_async_callback(send.aclose)
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        fs = HTTPFileSystem(asynchronous=True, skip_instance_cache=True)
+        stack.push_async_callback((await fs.set_session()).close)
+        file = await fs.open_async(f"http://127.0.0.1:{port}/stream", "rb")
+        stack.push_async_callback(file.close)
+        opened.set()
+        yield Ends(send, send.send, send.aclose, file)
+
+
+@asynccontextmanager
 async def anyio_process(env: Env) -> AsyncIterator[Ends]:
     """``cat`` as a subprocess: adump writes its stdin, aload reads its stdout."""
     async with await anyio.open_process([cat()]) as process:
@@ -536,6 +581,7 @@ BYTE_KINDS = [
     ByteKind("anyio-memory-objects", ANY, anyio_memory_objects),
     ByteKind("async-iterable", ANY, async_iterable),
     ByteKind("websocket", ASYNCIO, websocket),
+    ByteKind("fsspec-http", ASYNCIO, fsspec_http),
     ByteKind("anyio-process", ANY, anyio_process),
     ByteKind("anyio-file", ANY, anyio_file, sequential=True),
     ByteKind("anyio-file-pipe", ANY, anyio_file_pipe),

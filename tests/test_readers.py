@@ -1,5 +1,6 @@
 """aload/aiter_load from the streams users have beyond byte streams: anyio object streams of
-bytes, async iterables of chunks (httpx, Starlette, websockets), async read(n) (aiohttp).
+bytes, async iterables of chunks (httpx, Starlette, websockets), async read(n) (aiohttp,
+fsspec async files).
 
 Chunks come in sizes of their own, so a chunk may hold the end of one pickle and the start of
 the next: the rest is kept for the next aload of the same stream.
@@ -8,13 +9,16 @@ the next: the rest is kept for the next aload of the same stream.
 from __future__ import annotations
 
 import asyncio
+import io
 import pickle
 import random
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
+import fsspec
 import pytest
+from fsspec.asyn import AbstractAsyncStreamedFile
 
 import streampickle
 
@@ -239,3 +243,111 @@ def test_pickle_stream_over_a_websocket() -> None:
 def numpy_free_payload() -> dict[str, Any]:
     """A payload bigger than websockets' default max_size (1 MiB) per message."""
     return {"big": bytearray(b"m" * (3 << 20)), "records": list(range(50_000))}
+
+
+# --------------------------------------------------------------------------------------------
+# fsspec async files: io.IOBase subclasses (AbstractBufferedFile) whose read and write are
+# coroutines, so they are async files, not the synchronous files aload and adump refuse.
+
+
+class AsyncBlobFile(AbstractAsyncStreamedFile):  # type: ignore[misc]
+    """The part an fsspec async filesystem implements for its files (s3fs's, gcsfs's and
+    adlfs's async files are such subclasses): range fetches and chunk uploads, here on a
+    bytearray. Small blocks, so that a write uploads several chunks."""
+
+    def __init__(self, blob: bytearray, mode: str) -> None:
+        self.blob = blob
+        size = len(blob) if mode == "rb" else None
+        memory = fsspec.filesystem("memory")
+        super().__init__(memory, "/blob", mode, block_size=1 << 16, cache_type="none", size=size)
+
+    async def _fetch_range(self, start: int, end: int) -> bytes:
+        await anyio.lowlevel.checkpoint()
+        return bytes(self.blob[start:end])
+
+    async def _upload_chunk(self, final: bool = False) -> bool:
+        await anyio.lowlevel.checkpoint()
+        self.blob += self.buffer.getvalue()
+        return True
+
+
+BIG = b"\x00\xff" * (3 << 20)  # 6 MiB: a payload written and read outside the frames
+
+
+async def test_fsspec_async_file_written_by_adump_read_by_aload(anyio_backend: Any) -> None:
+    """adump into an fsspec async file opened "wb" (an awaitable write), aload and aiter_load
+    from one opened "rb" (an async read(n) with range fetches): objects at protocols 0-5 and a
+    big bytes payload; then EOFError, and a cut copy fails cleanly."""
+    objects = [(OBJECTS[p], p) for p in range(pickle.HIGHEST_PROTOCOL + 1)] + [(BIG, 5)]
+    blob = bytearray()
+    async with AsyncBlobFile(blob, "wb") as file:
+        assert isinstance(file, io.IOBase)
+        for obj, protocol in objects:
+            await streampickle.adump(obj, file, protocol)
+    assert blob == b"".join(pickle.dumps(obj, protocol) for obj, protocol in objects)
+
+    async with AsyncBlobFile(blob, "rb") as file:
+        got = [await streampickle.aload(file) for _ in range(2)]
+        got += [obj async for obj in streampickle.aiter_load(file)]
+        with pytest.raises(EOFError):
+            await streampickle.aload(file)
+    assert got == [obj for obj, _ in objects]
+
+    async with AsyncBlobFile(blob[: len(blob) - len(BIG) // 2], "rb") as file:
+        assert [await streampickle.aload(file) for _ in range(6)] == OBJECTS[:6]
+        with pytest.raises((pickle.UnpicklingError, EOFError)):
+            await streampickle.aload(file)
+
+
+async def test_fsspec_synchronous_file_is_refused(anyio_backend: Any) -> None:
+    """An fsspec file of a synchronous filesystem is a synchronous file: refused, naming load."""
+    memory = fsspec.filesystem("memory")
+    memory.pipe_file("/streampickle-sync.pickle", pickle.dumps(1))
+    try:
+        with (
+            memory.open("/streampickle-sync.pickle", "rb") as file,
+            pytest.raises(TypeError, match=r"is a synchronous file; use streampickle\.load"),
+        ):
+            await streampickle.aload(file)
+    finally:
+        memory.rm("/streampickle-sync.pickle")
+
+
+def test_fsspec_http_async_file_reads_with_aload() -> None:
+    """fsspec's HTTPFileSystem(asynchronous=True).open_async (the async file fsspec itself
+    ships; it opens for reading only) on a static download from a local aiohttp server: a
+    known size, unlike the live stream of tests/streams.py's fsspec-http kind."""
+    from aiohttp import web
+    from fsspec.implementations.http import HTTPFileSystem
+
+    data = b"".join(pickle.dumps(obj, 5) for obj in [*OBJECTS, BIG])
+
+    async def download(request: web.Request) -> web.Response:
+        return web.Response(body=data)
+
+    async def main() -> list[Any]:
+        app = web.Application()
+        app.router.add_get("/objects", download)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        fs = HTTPFileSystem(asynchronous=True, skip_instance_cache=True)
+        session = await fs.set_session()
+        try:
+            file = await fs.open_async(f"http://127.0.0.1:{port}/objects", "rb")
+            try:
+                assert issubclass(type(file), io.IOBase) and file.size == len(data)
+                got = [await streampickle.aload(file)]
+                got += [obj async for obj in streampickle.aiter_load(file)]
+                with pytest.raises(EOFError):
+                    await streampickle.aload(file)
+                return got
+            finally:
+                await file.close()
+        finally:
+            await session.close()
+            await runner.cleanup()
+
+    assert asyncio.run(main()) == [*OBJECTS, BIG]

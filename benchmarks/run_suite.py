@@ -403,6 +403,7 @@ def markdown(report: dict[str, Any], markdown_path: Path, out: Path) -> str:
         )
     lines += receiver_lines(report["receivers"])
     lines += concurrency_lines(report["concurrency"])
+    lines += protocol_lines(markdown_path)
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({link}/{file})" for name, file in report["plots"].items()]
     return "\n".join(lines) + "\n"
@@ -455,6 +456,21 @@ def receiver_lines(rows: list[dict[str, Any]]) -> list[str]:
             f"| {row['object_mib']:.1f} | {row['receiver_stall_ms']:.1f} |"
         )
     return lines
+
+
+#: The table of `bench_protocols` (a separate run: ``python benchmarks/bench_protocols.py
+#: --markdown benchmarks/results/protocols-after.md``), included in the report when present.
+PROTOCOL_TABLE = HERE / "results" / "protocols-after.md"
+
+
+def protocol_lines(markdown_path: Path) -> list[str]:
+    """The protocol x stream-kind table of the last `bench_protocols` run, if there is one."""
+    if not PROTOCOL_TABLE.exists():
+        return []
+    link = Path(os.path.relpath(PROTOCOL_TABLE, markdown_path.parent)).as_posix()
+    table = PROTOCOL_TABLE.read_text().strip().splitlines()
+    body = [line for line in table if not line.startswith("# ")]  # its own title
+    return ["", "## Protocols and stream kinds (issue 11)", "", f"From [{link}]({link}):", *body]
 
 
 def concurrency_lines(rows: list[dict[str, Any]]) -> list[str]:

@@ -52,6 +52,7 @@ import streampickle
 from corpus import corpus
 from leaks import GreenletLedger
 from netutil import asyncio_pipe, tcp_pair
+from streampickle import AsyncReader, AsyncWriter
 
 T = TypeVar("T")
 
@@ -151,10 +152,10 @@ class Ends:
     (EOF, or a close where the kind has no half-close). A sequential kind sets *reader* in
     *finish*: it can only be opened once the writer is done (a file written, then read)."""
 
-    writer: object
+    writer: AsyncWriter
     send: Callable[[bytes], Awaitable[Any]]
     finish: Callable[[], Awaitable[Any]]
-    reader: object = None
+    reader: AsyncReader | None = None
 
 
 #: The kit's items, by the names `Known` entries use.
@@ -214,7 +215,7 @@ def loopback_sockets(family: socket.AddressFamily) -> tuple[socket.socket, socke
     return client, server
 
 
-def anyio_ends(writer: Any, reader: object) -> Ends:
+def anyio_ends(writer: Any, reader: AsyncReader) -> Ends:
     """`Ends` for an anyio ``ByteStream`` writer (it half-closes with ``send_eof``)."""
     return Ends(writer, writer.send, writer.send_eof, reader)
 
@@ -423,7 +424,7 @@ async def anyio_file_pipe(env: Env) -> AsyncIterator[Ends]:
         yield Ends(sink, sink.write, sink.aclose, source)
 
 
-def asyncio_ends(writer: asyncio.StreamWriter, reader: object, *, half_close: bool) -> Ends:
+def asyncio_ends(writer: asyncio.StreamWriter, reader: AsyncReader, *, half_close: bool) -> Ends:
     """`Ends` for an asyncio ``StreamWriter``: it ends with ``write_eof`` or, where the
     transport cannot half-close (TLS, pipes), ``close``."""
 
@@ -837,9 +838,11 @@ async def check_cancel_aload(kind: ByteKind, env: Env, greenlets: GreenletLedger
                     await anyio.sleep_forever()
 
                 group.start_soon(send_and_hold)
+            reader = ends.reader
+            assert reader is not None
             with anyio.CancelScope() as scope:
                 try:
-                    await streampickle.aload(ends.reader, progress=cancel_at(scope, CANCEL_AT))
+                    await streampickle.aload(reader, progress=cancel_at(scope, CANCEL_AT))
                 except anyio.get_cancelled_exc_class():
                     alive.append(greenlets.live())
                     raise

@@ -81,7 +81,10 @@ async def trio_receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> byt
 
 
 async def dump_and_collect(
-    writer: object, receive: Callable[[int], Any], obj: Any = OBJ, protocol: int = 5
+    writer: streampickle.AsyncWriter,
+    receive: Callable[[int], Any],
+    obj: Any = OBJ,
+    protocol: int = 5,
 ) -> bytes:
     """Run `adump` into *writer* while ``receive(size)`` collects the other end; check the count."""
     expected = pickle.dumps(obj, protocol)
@@ -344,7 +347,7 @@ async def test_unsupported_writer_is_a_type_error(
     writer: object, message: str, no_leaked_greenlets: GreenletLedger
 ) -> None:
     with pytest.raises(TypeError, match=r"send_all\(\), write\(\) .*or send\(\)") as info:
-        await streampickle.adump(OBJ, writer)
+        await streampickle.adump(OBJ, writer)  # type: ignore[arg-type]
     assert message in str(info.value)
     assert no_leaked_greenlets.leaked() == 0
 
@@ -360,7 +363,7 @@ async def test_sync_write_method_is_refused_before_the_first_byte() -> None:
 
     writer = SyncWrite()
     with pytest.raises(TypeError, match=r"SyncWrite.write\(\) is not a coroutine function"):
-        await streampickle.adump(OBJ, writer)
+        await streampickle.adump(OBJ, writer)  # type: ignore[arg-type]
     assert writer.written == 0
 
 
@@ -370,7 +373,7 @@ async def test_sync_send_methods_are_refused_before_the_first_byte() -> None:
     left, right = socket.socketpair()
     with left, right:
         with pytest.raises(TypeError, match=r"socket.send\(\) is not a coroutine"):
-            await streampickle.adump(OBJ, left)
+            await streampickle.adump(OBJ, left)  # type: ignore[arg-type]
         right.setblocking(False)
         with pytest.raises(BlockingIOError):
             right.recv(1)  # nothing was sent

@@ -26,9 +26,10 @@ from anyio.abc import ByteReceiveStream, SocketAttribute, SocketListener, Socket
 from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.stapled import MultiListener
 
+import netutil
 import streampickle
 from netutil import tcp_pair
-from streampickle import LimitExceeded, aiter_load, aload
+from streampickle import AsyncReader, LimitExceeded, Limits, aiter_load, aload
 
 pytestmark = pytest.mark.anyio
 
@@ -102,7 +103,9 @@ def on_their_backends(kinds: Iterable[str]) -> list[Any]:
 
 
 @asynccontextmanager
-async def open_reader(kind: str, chunks: Sequence[bytes], tmp_path: Path) -> AsyncIterator[object]:
+async def open_reader(
+    kind: str, chunks: Sequence[bytes], tmp_path: Path
+) -> AsyncIterator[AsyncReader]:
     """A reader of *kind* that yields the bytes of *chunks*, then end of stream."""
     data = b"".join(chunks)
     async with AsyncExitStack() as stack:
@@ -129,6 +132,7 @@ async def open_reader(kind: str, chunks: Sequence[bytes], tmp_path: Path) -> Asy
         else:
             proc = await asyncio.create_subprocess_exec(*cat(path), stdout=asyncio.subprocess.PIPE)
             stack.push_async_callback(proc.wait)
+            assert proc.stdout is not None
             yield proc.stdout
 
 
@@ -137,7 +141,7 @@ def cat(path: Path) -> list[str]:
     return [sys.executable, "-c", code, str(path)]
 
 
-async def socket_reader(kind: str, client: SocketStream, stack: AsyncExitStack) -> object:
+async def socket_reader(kind: str, client: SocketStream, stack: AsyncExitStack) -> AsyncReader:
     if kind == "anyio":
         return client
     if kind == "buffered":
@@ -157,7 +161,8 @@ async def socket_reader(kind: str, client: SocketStream, stack: AsyncExitStack) 
         peer = await stack.enter_async_context(await accept(listener))
     group = await stack.enter_async_context(anyio.create_task_group())
     group.start_soon(forward, client, peer)
-    return native
+    reader: AsyncReader = native
+    return reader
 
 
 async def forward(source: SocketStream, target: SocketStream) -> None:
@@ -166,7 +171,7 @@ async def forward(source: SocketStream, target: SocketStream) -> None:
     await target.send_eof()
 
 
-async def pipe_reader(data: bytes, stack: AsyncExitStack) -> object:
+async def pipe_reader(data: bytes, stack: AsyncExitStack) -> AsyncReader:
     """An anyio ``AsyncFile`` on the read end of an OS pipe a thread writes *data* into."""
     read_fd, write_fd = os.pipe()
 
@@ -188,21 +193,20 @@ class BytesStream(ByteReceiveStream):
     """Hands out *data* in pieces of at most *step* bytes, then end of stream."""
 
     def __init__(self, data: bytes, step: int = 1 << 16) -> None:
-        self.data, self.step = data, step
+        self.data, self.step, self.pos = data, step, 0
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         await anyio.lowlevel.checkpoint()
-        if not self.data:
+        if self.pos >= len(self.data):
             raise anyio.EndOfStream
-        size = min(max_bytes, self.step)
-        out, self.data = self.data[:size], self.data[size:]
-        return out
+        start, self.pos = self.pos, self.pos + min(max_bytes, self.step)
+        return self.data[start : self.pos]
 
     async def aclose(self) -> None:
-        self.data = b""
+        self.pos = len(self.data)
 
 
-def byte_readers(data: bytes) -> list[object]:
+def byte_readers(data: bytes) -> list[AsyncReader]:
     """The same bytes through an exact reader and through a read-ahead one."""
     return [BytesStream(data, step=7), BufferedByteReceiveStream(BytesStream(data))]
 
@@ -291,9 +295,9 @@ async def test_bad_data_raises_unpickling_error(anyio_backend: Any) -> None:
 
 async def test_rejects_what_it_cannot_read(anyio_backend: Any, tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"BytesIO is a synchronous file; use streampickle\.load"):
-        await aload(io.BytesIO(b""))
+        await aload(io.BytesIO(b""))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="cannot read from int"):
-        await aload(42)
+        await aload(42)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,6 +314,14 @@ HOSTILE = {
 }
 
 
+#: The byte limits at `Limits`' defaults: a trusted load checks them only when given.
+BYTE_LIMITS: dict[str, Any] = {
+    "max_frame_size": Limits().max_frame_size,
+    "max_object_size": Limits().max_object_size,
+    "max_line_length": Limits().max_line_length,
+}
+
+
 @pytest.mark.parametrize("what", list(HOSTILE))
 async def test_hostile_length_fails_at_once(what: str, anyio_backend: Any) -> None:
     data, limit = HOSTILE[what]
@@ -317,7 +329,7 @@ async def test_hostile_length_fails_at_once(what: str, anyio_backend: Any) -> No
         tracemalloc.start()
         try:
             with anyio.fail_after(5), pytest.raises(LimitExceeded) as info:
-                await aload(reader)
+                await aload(reader, **BYTE_LIMITS)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -334,8 +346,11 @@ async def test_hostile_length_fails_at_once(what: str, anyio_backend: Any) -> No
 async def test_hostile_frame_message_like_msgpack(anyio_backend: Any) -> None:
     data = b"\x80\x04\x95" + (2**31).to_bytes(8, "little") + TEN
     with pytest.raises(LimitExceeded) as info:
-        await aload(BytesStream(data))
-    assert str(info.value) == "frame of 2147483648 bytes exceeds max_frame_size (16777216)"
+        await aload(BytesStream(data), max_frame_size=16 << 20)
+    assert str(info.value) == (
+        "frame of 2147483648 bytes exceeds max_frame_size (16777216); "
+        "pass a larger max_frame_size= (None: no limit) to accept it"
+    )
     assert (info.value.size, info.value.maximum) == (2**31, 16 << 20)
 
 
@@ -344,7 +359,86 @@ async def test_payload_read_is_checked_in_read_ahead_mode(anyio_backend: Any) ->
     data = b"\x80\x02X" + (2**32 - 1).to_bytes(4, "little") + TEN
     reader = BufferedByteReceiveStream(BytesStream(data))
     with pytest.raises(LimitExceeded, match="exceeds max_object_size"):
-        await aload(reader)
+        await aload(reader, **BYTE_LIMITS)
+
+
+def one_frame(payload: bytes) -> bytes:
+    """A protocol-4 pickle of *payload* in one frame (CPython's pickler frames ~64 KiB; other
+    picklers, and pickle.load, allow any size)."""
+    body = b"\x8e" + len(payload).to_bytes(8, "little") + payload + b"."
+    return b"\x80\x04\x95" + len(body).to_bytes(8, "little") + body
+
+
+async def test_trusted_defaults_accept_what_pickle_accepts(anyio_backend: Any) -> None:
+    # Each of these is past a default of Limits (what allow= loads check): a 20 MiB frame, a
+    # 2 MiB protocol-0 line; a trusted aload reads them as pickle.load does.
+    payload = bytes(range(256)) * (80 << 12)
+    for data, expected in [
+        (one_frame(payload), payload),
+        (pickle.dumps("x" * (2 << 20), 0), "x" * (2 << 20)),
+    ]:
+        assert pickle.loads(data) == expected
+        for reader in [BytesStream(data), BufferedByteReceiveStream(BytesStream(data))]:
+            assert await aload(reader) == expected
+        assert [obj async for obj in aiter_load(BytesStream(data * 2))] == [expected] * 2
+
+
+async def test_every_limit_names_its_keyword(anyio_backend: Any) -> None:
+    cases: list[tuple[bytes, dict[str, Any]]] = [
+        (one_frame(b"x" * 5000), {"max_frame_size": 4000}),
+        (pickle.dumps(b"x" * 5000, 5), {"max_object_size": 4000}),
+        (pickle.dumps("x" * 5000, 0), {"max_line_length": 4000}),
+    ]
+    for data, limits in cases:
+        (keyword,) = limits
+        for reader in byte_readers(data):
+            with pytest.raises(LimitExceeded) as info:
+                await aload(reader, **limits)
+            assert info.value.limit == keyword
+            assert f"exceeds {keyword} (4000); pass a larger {keyword}= " in str(info.value)
+
+
+@pytest.mark.backends("asyncio")
+async def test_trusted_claim_costs_memory_only_as_bytes_arrive() -> None:
+    # A 6 GiB claim followed by 4 MiB, then silence: the receiver holds about what arrived
+    # (the payload's buffer is allocated but not touched; a frame is gathered piece by piece).
+    claim, sent = 6 << 30, 4 << 20
+    for header in [
+        b"\x80\x05\x96" + claim.to_bytes(8, "little"),  # BYTEARRAY8
+        b"\x80\x04\x95" + claim.to_bytes(8, "little"),  # FRAME
+    ]:
+        async with netutil.asyncio_pipe() as (reader, writer):
+            before = rss()
+            writer.write(header + bytes(sent))
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(aload, reader)
+                writer.transport.set_write_buffer_limits(0)
+                with anyio.fail_after(10):  # until the pipe took all but its own 64 KiB
+                    await writer.drain()
+                await anyio.sleep(0.1)
+                assert rss() - before < 64 << 20
+                tasks.cancel_scope.cancel()
+
+
+def rss() -> int:
+    """This process's resident set size in bytes (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize("what", list(HOSTILE))
+async def test_trusted_hostile_length_costs_nothing_before_its_bytes(
+    what: str, anyio_backend: Any
+) -> None:
+    # Without limits (a trusted load, as pickle.load) a claim of 1 TiB fails at once: a frame
+    # is read piece by piece until the stream ends; a payload buffer that cannot be allocated
+    # is a MemoryError, as in pickle.
+    data, _ = HOSTILE[what]
+    for reader in byte_readers(data):
+        with anyio.fail_after(5), pytest.raises((pickle.UnpicklingError, MemoryError)):
+            await aload(reader)
+        with pytest.raises((pickle.UnpicklingError, MemoryError)):
+            pickle.loads(data)  # the control: what pickle.load does with the same bytes
 
 
 async def test_custom_limits(anyio_backend: Any) -> None:

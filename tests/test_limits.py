@@ -585,7 +585,11 @@ _TEXT = pickle.dumps("z" * 3000, 0)
 BYTE_LIMIT_CASES: dict[str, tuple[bytes, dict[str, int], str]] = {
     "frame": (_FRAMED, {"max_frame_size": 1000}, "frame of 8017 bytes exceeds max_frame_size"),
     "object": (_FRAMED, {"max_object_size": 4000}, "frame of 8017 bytes exceeds max_object_size"),
-    "line": (_TEXT, {"max_line_length": 100}, "line of 101 bytes exceeds max_line_length (100)"),
+    "line": (
+        _TEXT,
+        {"max_line_length": 100},
+        "line of at least 101 bytes exceeds max_line_length (100)",
+    ),
     "claimed frame": (
         b"\x80\x05\x95" + struct.pack("<Q", 1 << 40),
         {"max_frame_size": 1 << 20},

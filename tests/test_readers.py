@@ -103,7 +103,7 @@ async def test_text_chunks_are_refused(anyio_backend: Any) -> None:
 
     chunks = text()
     with pytest.raises(TypeError, match="gave a str"):
-        await streampickle.aload(chunks)
+        await streampickle.aload(chunks)  # type: ignore[arg-type]
     await chunks.aclose()
 
 

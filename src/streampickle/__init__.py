@@ -15,6 +15,7 @@ from pickle import (
     UnpicklingError,
 )
 
+from ._adapters import AsyncReader, AsyncWriter
 from ._async import adump, aiter_dumps, aiter_load, aload
 from ._auth import authenticate
 from ._exceptions import AuthenticationError, ForbiddenGlobal, LimitExceeded, PolicyViolation
@@ -34,6 +35,8 @@ __all__ = [
     "DEFAULT_PROTOCOL",
     "HIGHEST_PROTOCOL",
     "Allowlist",
+    "AsyncReader",
+    "AsyncWriter",
     "AuthenticationError",
     "Chunk",
     "ForbiddenGlobal",

@@ -10,16 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.lowlevel
 
+from ._adapters import AsyncReader, AsyncWriter
 from ._dump import slices, write_chunks
-from ._limits import (
-    DEFAULT_MAX_FRAME_SIZE,
-    DEFAULT_MAX_LINE_LENGTH,
-    DEFAULT_MAX_OBJECT_SIZE,
-    LimitOptions,
-    Limits,
-    RestrictedLimitOptions,
-    restricted_options,
-)
+from ._limits import LimitOptions, load_limits
 from ._load import Loader, open_loader
 from ._ownership import Hold, hold
 from ._pickler import iter_dumps
@@ -35,7 +28,7 @@ __all__ = ["adump", "aiter_dumps", "aiter_load", "aload"]
 
 async def adump(
     obj: Any,
-    writer: object,
+    writer: AsyncWriter,
     protocol: int | None = None,
     *,
     fix_imports: bool = True,
@@ -129,19 +122,16 @@ async def aiter_dumps(
 
 
 async def aload(
-    reader: object,
+    reader: AsyncReader,
     *,
     fix_imports: bool = True,
     encoding: str = "ASCII",
     errors: str = "strict",
     buffers: Iterable[Any] | None = None,
     unpickler_class: Callable[..., Any] | None = None,
-    max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE,
-    max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE,
-    max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH,
     progress: Progress | None = None,
     allow: AllowSpec = None,
-    **limits: Unpack[RestrictedLimitOptions],
+    **limits: Unpack[LimitOptions],
 ) -> Any:
     """Read exactly one pickle from the async byte stream *reader* and return the object.
 
@@ -154,29 +144,37 @@ async def aload(
     an anyio ``ObjectReceiveStream`` of bytes, or any async iterable of bytes-like chunks (httpx
     ``aiter_bytes()``, Starlette ``request.stream()``, a websockets connection); else
     ``TypeError``. No byte past the pickle's STOP is lost: the next ``aload`` on the same reader
-    starts right after it (the rest of a chunk that held the end of the pickle is kept for the
-    next ``aload``/``aiter_load`` of the same reader object). Streams that cannot take bytes
-    back (all but ``BufferedByteReceiveStream``, seekable files and asyncio ``StreamReader``)
-    are read exactly what the unpickler asks for: protocol 4/5 pickles cost a few receives per
-    64 KiB frame, but protocols 0-3 cost a receive per opcode. To read many protocol 0-3 pickles
-    from such a stream, wrap it in ``anyio.streams.buffered.BufferedByteReceiveStream`` (and
-    keep using the wrapper) or use `PickleStream`. Large ``bytes``/``bytearray`` payloads are
-    read into their final buffer: ``readinto`` on files, ``recv_into`` by the transport of an
-    asyncio ``StreamReader`` (asyncio, uvloop, TLS), piecewise copies of at most 1 MiB on other
-    streams. (The ``StreamReader`` paths use its private buffer and transport, as CPython
-    3.10-3.13 and uvloop have them; a reader without them is read through its public API,
-    exactly.)
+    starts right after it. Streams that can take bytes back (``BufferedByteReceiveStream``,
+    seekable files, asyncio ``StreamReader``) are given back what was read past it. On the
+    others, a protocol 4/5 pickle is read exactly (whole frames: a few receives per 64 KiB),
+    so nothing past its STOP leaves the stream; a protocol 0-3 pickle (read an opcode at a
+    time) is read ahead, 64 KiB a receive, and what was read past its STOP is kept for the next
+    ``aload``/``aiter_load`` of the same reader object, as is the rest of a chunk that held a
+    pickle's end. So after a protocol 0-3 pickle, or on a chunked stream, go on reading with
+    ``aload``/``aiter_load``; to read the stream directly as well, wrap it in
+    ``anyio.streams.buffered.BufferedByteReceiveStream`` first (and keep using the wrapper).
+    Large ``bytes``/``bytearray`` payloads are read into their final buffer: ``readinto`` on
+    files, ``recv_into`` by the transport of an asyncio ``StreamReader`` (asyncio, uvloop, TLS),
+    piecewise copies of at most 1 MiB on other streams. (The ``StreamReader`` paths use its
+    private buffer and transport, as CPython 3.10-3.13 and uvloop have them; a reader without
+    them is read through its public API, exactly.)
 
-    Limits (``None`` disables one; each raises `LimitExceeded`, naming it, before the bytes are
-    read or a buffer of the claimed size is allocated): *max_frame_size* for a protocol 4/5
-    frame, *max_object_size* for the bytes the whole pickle spans, *max_line_length* for a
-    line of the text opcodes. In a protocol 0-3 pickle (or one without a PROTO opcode) read
-    ahead from a ``BufferedByteReceiveStream``, a ``StreamReader`` or a seekable file, a
-    ``BINBYTES``/``BINBYTES8``/``BYTEARRAY8`` header is parsed by the C unpickler from the
-    read-ahead data, so the unpickler allocates the claimed size (``MemoryError`` if
-    impossible) before the payload read is refused; frames are a protocol-4 feature and are
-    only checked in protocol 4/5 pickles, and in-frame lengths are only checked when their
-    payload is read.
+    Limits: a trusted load (no *allow*) checks none unless given one, as ``pickle.load`` checks
+    none, so it accepts every pickle ``pickle.load`` accepts (a 2 GiB array, a protocol-0 line
+    of many MiB, a frame of any size), and a length claim costs memory only as its bytes
+    arrive: a frame is gathered as it is received, and a payload's buffer, allocated at the
+    claimed size, is untouched until filled (a claim beyond what the machine can allocate is a
+    ``MemoryError`` at once, as in ``pickle``). Pass any of *max_frame_size* (a protocol 4/5
+    frame), *max_object_size* (the bytes the whole pickle spans) and *max_line_length* (a line
+    of the text opcodes) to check it (``None`` disables one): each raises `LimitExceeded`,
+    naming the keyword, before the bytes are read or a buffer of the claimed size is
+    allocated. With *allow*, every field of `Limits` applies, with `Limits`' defaults for those
+    not given. Caveat: in a protocol 0-3 pickle (or one without a PROTO opcode) read ahead
+    from a stream that can take bytes back, a ``BINBYTES``/``BINBYTES8``/``BYTEARRAY8``
+    header is parsed by the C unpickler from the read-ahead data, so it allocates the claimed
+    size (``MemoryError`` if impossible) before the payload read is refused; frames are a
+    protocol-4 feature and are only checked in protocol 4/5 pickles, and in-frame lengths are
+    only checked when their payload is read.
 
     ``progress(bytes_read)`` is called as the pickle is read, with the number of its bytes read
     so far (strictly increasing: after each frame or opcode the unpickler takes, and after each
@@ -188,10 +186,10 @@ async def aload(
     ``iter_load`` then runs (*unpickler_class*, if given, must be a subclass of it): only the
     listed globals resolve, the opcodes are vetted before the unpickler acts on them, and the
     other `Limits` apply too (*max_payload_size*, *max_memo_size*, *max_opcodes*,
-    *max_stack_depth*, *max_expansion*, with `Limits`' defaults; passing one without *allow* is a
-    ``TypeError``). The restricted unpickler never peeks, so the read-ahead caveat above does
-    not apply to it. Bad data then raises only ``UnpicklingError`` (a subclass for a refusal:
-    `ForbiddenGlobal`, `PolicyViolation`, `LimitExceeded`) or ``EOFError``.
+    *max_stack_depth*, *max_expansion*; passing one without *allow* is a ``TypeError``). The
+    restricted unpickler never peeks, so the read-ahead caveat above does not apply to it. Bad
+    data then raises only ``UnpicklingError`` (a subclass for a refusal: `ForbiddenGlobal`,
+    `PolicyViolation`, `LimitExceeded`) or ``EOFError``.
 
     Errors: ``EOFError`` if the stream ends before the first byte (as ``pickle.load``);
     ``UnpicklingError`` or ``EOFError`` if it ends inside the pickle or the data is bad;
@@ -207,12 +205,7 @@ async def aload(
         buffers=buffers,
         unpickler_class=unpickler_class,
         allow=allow,
-        limits={
-            "max_frame_size": max_frame_size,
-            "max_object_size": max_object_size,
-            "max_line_length": max_line_length,
-            **limits,
-        },
+        limits=limits,
     )
     loader = await open_loader(reader)
     with hold(reader, "aload") as held:
@@ -221,19 +214,16 @@ async def aload(
 
 
 async def aiter_load(
-    reader: object,
+    reader: AsyncReader,
     *,
     fix_imports: bool = True,
     encoding: str = "ASCII",
     errors: str = "strict",
     buffers: Iterable[Any] | None = None,
     unpickler_class: Callable[..., Any] | None = None,
-    max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE,
-    max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE,
-    max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH,
     progress: Progress | None = None,
     allow: AllowSpec = None,
-    **limits: Unpack[RestrictedLimitOptions],
+    **limits: Unpack[LimitOptions],
 ) -> AsyncIterator[Any]:
     """Yield the objects pickled back to back in *reader* until a clean end of stream.
 
@@ -252,12 +242,7 @@ async def aiter_load(
         buffers=buffers,
         unpickler_class=unpickler_class,
         allow=allow,
-        limits={
-            "max_frame_size": max_frame_size,
-            "max_object_size": max_object_size,
-            "max_line_length": max_line_length,
-            **limits,
-        },
+        limits=limits,
     )
     loader = await open_loader(reader)
     done = 0  # bytes of the pickles already read: progress counts the whole stream
@@ -283,7 +268,7 @@ async def _load_one(
     load left the stream inside its pickle."""
     loader.preload(held.take_leftover())
     try:
-        obj = await loader.load(options.requests(), progress)
+        obj = await loader.load(options.requests(), progress, guarded=options.guarded)
     finally:
         held.started = loader.consumed > 0 or loader.buffered > 0
         held.moved = loader.consumed
@@ -310,7 +295,7 @@ def _load_options(
         buffers=buffers,
         unpickler_class=unpickler_class,
         allow=allow,
-        limits=Limits(**restricted_options(allow, limits)),
+        limits=load_limits(allow, limits),
     )
 
 

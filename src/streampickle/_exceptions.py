@@ -19,10 +19,21 @@ class LimitExceeded(pickle.UnpicklingError):
     """
 
     def __init__(
-        self, what: str, size: int, limit: str, maximum: int, *, unit: str = "bytes"
+        self,
+        what: str,
+        size: int,
+        limit: str,
+        maximum: int,
+        *,
+        unit: str = "bytes",
+        at_least: bool = False,
     ) -> None:
         amount = f"{size} {unit}" if unit else str(size)
-        super().__init__(f"{what} of {amount} exceeds {limit} ({maximum})")
+        of = "of at least" if at_least else "of"
+        super().__init__(
+            f"{what} {of} {amount} exceeds {limit} ({maximum}); "
+            f"pass a larger {limit}= (None: no limit) to accept it"
+        )
         self.limit = limit
         self.size = size
         self.maximum = maximum

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from ._exceptions import LimitExceeded
-from ._opcodes import FRAME, LENGTH_FIELDS, PROTO
+from ._opcodes import FRAME, LENGTH_FIELDS, framed
 from ._sansio import Peek, Read, ReadInto, ReadLine, Request
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "RestrictedLimitOptions",
     "byte_limits",
     "guard",
+    "load_limits",
     "restricted_options",
 ]
 
@@ -66,6 +67,10 @@ DEFAULT_MAX_EXPANSION = 1 << 16
 class Limits:
     """Per-pickle resource limits; ``None`` disables one. `LimitExceeded` names the one hit.
 
+    Which apply: a trusted load (no ``allow=``) checks only the limits passed to it, none by
+    default, as ``pickle`` checks none; a restricted load (``allow=``) checks all of them, with
+    the defaults below for those not passed.
+
     The byte limits, checked by every load given them (``load``, ``loads``, ``Unpickler``,
     ``iter_loads``, ``aload``, ``aiter_load``, ``PickleStream``), restricted or not:
     *max_frame_size* (a protocol 4/5 frame), *max_object_size* (the bytes one pickle spans),
@@ -91,11 +96,14 @@ class Limits:
     max_stack_depth: int | None = DEFAULT_MAX_STACK_DEPTH
     max_expansion: int | None = DEFAULT_MAX_EXPANSION
 
-    def check(self, what: str, size: int, limit: str, *, unit: str = "bytes") -> None:
-        """Raise `LimitExceeded` if *size* exceeds the limit named *limit*."""
+    def check(
+        self, what: str, size: int, limit: str, *, unit: str = "bytes", at_least: bool = False
+    ) -> None:
+        """Raise `LimitExceeded` if *size* exceeds the limit named *limit* (*at_least*: *size*
+        is a lower bound)."""
         maximum: int | None = getattr(self, limit)
         if maximum is not None and size > maximum:
-            raise LimitExceeded(what, size, limit, maximum, unit=unit)
+            raise LimitExceeded(what, size, limit, maximum, unit=unit, at_least=at_least)
 
 
 class ByteLimitOptions(TypedDict, total=False):
@@ -138,15 +146,27 @@ def restricted_options(allow: object, options: LimitOptions) -> LimitOptions:
 
 
 def byte_limits(options: LimitOptions) -> Limits | None:
-    """The byte limits given in *options* (the others off), or None if none is given: the
-    sync drop-in API checks only the limits it is asked to, as ``pickle`` checks none."""
-    if not _BYTE_LIMITS & options.keys():
+    """The byte limits given in *options* (the others off), or None if none is given (or all
+    are given as None): a trusted load checks only the limits it is asked to, as ``pickle``
+    checks none."""
+    if all(options.get(name) is None for name in _BYTE_LIMITS):
         return None
     return Limits(
         max_frame_size=options.get("max_frame_size"),
         max_object_size=options.get("max_object_size"),
         max_line_length=options.get("max_line_length"),
     )
+
+
+def load_limits(allow: object, options: LimitOptions) -> Limits | None:
+    """The limits a load with *allow* and the keyword *options* checks, every driver alike.
+
+    Trusted (no *allow*): only the byte limits given, None if none is (a trusted load accepts
+    every pickle ``pickle.load`` accepts). Restricted: every field of `Limits`, its defaults for
+    those not given. ``TypeError`` for a restricted-only limit without *allow*.
+    """
+    restricted_options(allow, options)
+    return byte_limits(options) if allow is None else Limits(**options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,11 +184,12 @@ _CLAIMS = {
 class _Guard:
     """The state of one pickle's byte checks (see `guard`)."""
 
-    __slots__ = ("ahead", "consumed", "last", "limits", "peeking")
+    __slots__ = ("ahead", "consumed", "head", "last", "limits", "peeking")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.consumed = 0
+        self.head = b""  # the pickle's first two bytes, once read
         self.peeking = False  # Peek requests go on to the driver
         self.ahead = False  # the driver answered one with data: reads are no longer per field
         self.last: int | None = None  # the byte the last Read(1) returned
@@ -181,7 +202,7 @@ class _Guard:
         if self.ahead:
             pass  # the unpickler parses from peeked data: its reads are not opcode by opcode
         elif len(data) == 1:
-            self._choose_mode(data[0])
+            self._choose_mode(data)
             self.last = data[0]
         else:
             self._check_length(data)
@@ -189,18 +210,18 @@ class _Guard:
         self.consumed += len(data)
 
     def line(self, data: bytes) -> None:
-        self.limits.check("line", len(data), "max_line_length")
+        # A line is read up to one byte past the limit: its length is then a lower bound.
+        self.limits.check("line", len(data), "max_line_length", at_least=True)
         self.last = None
         self.consumed += len(data)
 
-    def _choose_mode(self, byte: int) -> None:
+    def _choose_mode(self, data: bytes) -> None:
         # Peek (read-ahead) only for pickles that do not start with PROTO 4 or 5: in read-ahead
         # data a length header is parsed, and its buffer allocated, by the C unpickler before
         # it asks for the payload, so it could not be checked in time.
-        first = self.consumed == 0 and byte != PROTO
-        proto = self.consumed == 1 and self.last == PROTO and byte < 4
-        if first or proto:
-            self.peeking = True
+        if self.consumed < 2:
+            self.head += data
+            self.peeking = framed(self.head) is False
 
     def _check_length(self, data: bytes) -> None:
         # The request after Read(1) of a length opcode is Read(width): its length header. The

@@ -18,6 +18,7 @@ from collections.abc import Generator
 from typing import Any
 
 from ._adapters import Source, source_for
+from ._opcodes import framed
 from ._sansio import PIECE_SIZE, Peek, Progress, Read, ReadInto, Request
 
 __all__ = ["READ_AHEAD", "Loader", "open_loader"]
@@ -48,6 +49,10 @@ class Loader:
         self.eof = False
         self._progress: Progress | None = None
         self._reported = 0  # the last count given to _progress
+        self._head = b""  # the current pickle's first two bytes, once consumed
+        self._ahead = source.can_unread  # may receive more than asked (see `load`)
+        self._peek = source.can_unread  # may answer Peek with data
+        self._guarded = False
 
     @property
     def buffered(self) -> int:
@@ -55,13 +60,26 @@ class Loader:
         return len(self._buffer) - self._pos
 
     async def load(
-        self, requests: Generator[Request, Any, Any], progress: Progress | None = None
+        self,
+        requests: Generator[Request, Any, Any],
+        progress: Progress | None = None,
+        *,
+        guarded: bool = False,
     ) -> Any:
         """Run *requests* to completion and return the object; always closes *requests*.
 
         *requests* come from a loader whose limits are checked on its side of the requests
         (`streampickle._limits.guard`, or a restricted loader's vetting reader): this driver
         only reads what it is asked for, and a bounded line when a `ReadLine` has a limit.
+
+        Reading ahead: on a source that can take bytes back, always. On the others, a framed
+        pickle (PROTO 4 or 5: the unpickler reads whole frames) is read exactly, so nothing
+        past its STOP leaves the stream; any other pickle (protocols 0-3: an opcode at a time)
+        is read ahead, a receive of `READ_AHEAD` bytes serving many opcodes, and what is read
+        past its STOP is what `give_back` returns, for the caller to keep for the stream's
+        next load. `Peek` is answered with read-ahead data then too, unless *guarded* (the
+        byte guard's requests: in peeked data the C unpickler would allocate for a length
+        before the guard sees it), in which case it reads ahead but answers every `Read`.
         ``progress(n)`` is called whenever more of the pickle was read: *n* is the number of
         its bytes read so far (strictly increasing; pieces of a large payload count as read).
 
@@ -71,6 +89,8 @@ class Loader:
         """
         self.consumed, self.eof = 0, False
         self._progress, self._reported = progress, 0
+        self._head, self._guarded = b"", guarded
+        self._choose_mode()
         reply: Any = None
         try:
             while True:
@@ -103,9 +123,7 @@ class Loader:
 
     def _answer_buffered(self, request: Request) -> bytes | int | None:
         if isinstance(request, Peek):
-            if not self.source.can_unread:
-                # Bytes peeked must be given back if the pickle ends before them; and in
-                # read-ahead data the C unpickler allocates for a length before asking for it.
+            if not self._peek:
                 return b""
             return self._take(min(request.size, self.buffered), consume=False) or None
         if isinstance(request, Read):
@@ -136,9 +154,20 @@ class Loader:
 
     def _consumed(self, data: bytes) -> bytes:
         """Account for *data* handed to the unpickler."""
+        if self.consumed < 2 and data:
+            self._head += data[: 2 - self.consumed]
+            self._choose_mode()
         self.consumed += len(data)
         self._report()
         return data
+
+    def _choose_mode(self) -> None:
+        """Whether to read ahead and peek, as `load` describes, from the pickle's head."""
+        if self.source.can_unread:
+            self._ahead = self._peek = True
+        else:
+            self._ahead = framed(self._head) is False
+            self._peek = self._ahead and not self._guarded
 
     def _report(self, pending: int = 0) -> None:
         """Tell the progress hook that ``consumed + pending`` bytes were read (*pending*: of a
@@ -162,6 +191,8 @@ class Loader:
 
     async def _fill(self) -> int:
         """Receive once into the buffer (read-ahead sources only); 0 at end of stream."""
+        if self.eof:  # never receive past the end within a load (trio's SSLStream raises then)
+            return 0
         if self._pos and self._pos >= len(self._buffer) // 2:
             del self._buffer[: self._pos]  # compact: keep the buffer about one receive long
             self._pos = 0
@@ -171,13 +202,13 @@ class Loader:
         return len(data)
 
     async def _read(self, size: int) -> bytes:
-        if self.source.can_unread and size - self.buffered < READ_AHEAD:
+        if self._ahead and size - self.buffered < READ_AHEAD:
             while self.buffered < size and await self._fill():
                 pass
             return self._take(min(size, self.buffered))
         pieces = [self._take(self.buffered)]
         remaining = size - len(pieces[0])
-        while remaining:
+        while remaining and not self.eof:
             piece = await self.source.receive(min(remaining, PIECE_SIZE))
             if not piece:
                 self.eof = True
@@ -192,7 +223,7 @@ class Loader:
         size = len(buffer)
         filled = min(size, self.buffered)
         buffer[:filled] = self._take(filled)
-        while filled < size:
+        while filled < size and not self.eof:
             count = await self.source.receive_into(buffer[filled:])
             if not count:
                 self.eof = True
@@ -206,9 +237,13 @@ class Loader:
 
     async def _read_line(self, limit: int | None) -> bytes:
         """The next line, or its first *limit* bytes if it is longer."""
-        if not self.source.can_unread:  # read exactly: never past the newline
+        if not self._ahead:  # read exactly: never past the newline
             head = self._take(self.buffered)  # what an earlier load left, if anything
-            rest = await self.source.receive_line(None if limit is None else limit - len(head))
+            if self.eof:
+                return head
+            wanted = None if limit is None else limit - len(head)
+            rest = await self.source.receive_line(wanted)
+            self.eof = not rest.endswith(b"\n") and len(rest) != wanted
             return head + rest
         while (end := self._buffer.find(b"\n", self._pos)) < 0:
             if limit is not None and self.buffered >= limit:

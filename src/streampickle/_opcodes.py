@@ -30,6 +30,7 @@ __all__ = [
     "UNFRAMED_HEADERS",
     "LengthField",
     "Opcodes",
+    "framed",
     "genops",
     "opcodes",
 ]
@@ -181,3 +182,14 @@ def opcodes(file: Any) -> Opcodes:
         if exc is getattr(file, "io_error", None):
             raise  # the file's own error, not the pickle's
         raise pickle.UnpicklingError(f"malformed pickle: {exc}") from exc
+
+
+def framed(head: bytes) -> bool | None:
+    """Whether a pickle that starts with *head* is framed (starts with PROTO 4 or 5), or None
+    while *head* is too short to tell: only framed pickles have every opcode outside a frame
+    and every length read separately, which is what a driver or a check may rely on."""
+    if not head:
+        return None
+    if head[0] != PROTO:
+        return False
+    return None if len(head) < 2 else head[1] >= 4

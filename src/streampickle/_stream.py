@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
@@ -15,33 +14,28 @@ from anyio.abc import AnyByteStream, ByteStream, ObjectStream
 from ._adapters import AsyncioByteStream, TransportSource, TrioByteStream, WebSocketByteStream
 from ._auth import authenticate
 from ._dump import write_chunks
-from ._limits import (
-    DEFAULT_MAX_EXPANSION,
-    DEFAULT_MAX_FRAME_SIZE,
-    DEFAULT_MAX_LINE_LENGTH,
-    DEFAULT_MAX_MEMO_SIZE,
-    DEFAULT_MAX_OBJECT_SIZE,
-    DEFAULT_MAX_OPCODES,
-    DEFAULT_MAX_PAYLOAD_SIZE,
-    DEFAULT_MAX_STACK_DEPTH,
-    Limits,
-)
+from ._limits import LimitOptions, load_limits
 from ._load import Loader
 from ._pickler import iter_dumps
 from ._policy import AllowSpec
 from ._sansio import Chunk, Progress
 from ._unpickler import LoadOptions
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 __all__ = ["PickleStream"]
 
 
-@dataclass(eq=False)
 class PickleStream(ObjectStream[Any]):
     """Send and receive pickled objects over a byte stream (``ObjectStream[Any]``).
 
     ``send(obj)`` streams ``pickle.dumps(obj, protocol)`` frame by frame (see `adump`);
-    ``receive()`` reads one pickle as `aload` does, with the same limits, keeping bytes read
-    ahead for the next object. Only unpickle from peers you trust, as with ``pickle``.
+    ``receive()`` reads one pickle as `aload` does, with the same limits (*limits*, the
+    keyword arguments named after the fields of `Limits`: without *allow* only those given are
+    checked, so a trusted stream takes every pickle ``pickle.load`` takes; with *allow* all
+    apply, with `Limits`' defaults), reading ahead and keeping what it read past one object for
+    the next. Only unpickle from peers you trust, as with ``pickle``.
 
     *protocol* defaults to ``pickle.HIGHEST_PROTOCOL`` (5), not ``pickle``'s default (4): both
     ends of a `PickleStream` are streampickle, and protocol 5 sends buffers such as numpy
@@ -75,45 +69,43 @@ class PickleStream(ObjectStream[Any]):
     peer prove a shared key first, open the stream with `authenticated`.
     """
 
-    transport_stream: AnyByteStream
-    protocol: int = pickle.HIGHEST_PROTOCOL
-    pickler_class: Callable[..., pickle.Pickler] = pickle.Pickler
-    unpickler_class: Callable[..., pickle.Unpickler] = pickle.Unpickler
-    max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE
-    max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE
-    max_line_length: int | None = DEFAULT_MAX_LINE_LENGTH
-    allow: AllowSpec = None
-    max_payload_size: int | None = DEFAULT_MAX_PAYLOAD_SIZE
-    max_memo_size: int | None = DEFAULT_MAX_MEMO_SIZE
-    max_opcodes: int | None = DEFAULT_MAX_OPCODES
-    max_stack_depth: int | None = DEFAULT_MAX_STACK_DEPTH
-    max_expansion: int | None = DEFAULT_MAX_EXPANSION
-    _options: LoadOptions = field(init=False, repr=False)
-    _loader: Loader = field(init=False, repr=False)
-    _send_lock: anyio.Lock = field(init=False, repr=False, default_factory=anyio.Lock)
-    _receive_lock: anyio.Lock = field(init=False, repr=False, default_factory=anyio.Lock)
-    _partial: bool = field(init=False, default=False)
-    _send_broken: bool = field(init=False, default=False)
-    _receive_broken: bool = field(init=False, default=False)
-    _closed: bool = field(init=False, default=False)
-
-    def __post_init__(self) -> None:
-        _check_transport(self.transport_stream)
-        _check_protocol(self.protocol)
-        limits = Limits(
-            max_frame_size=self.max_frame_size,
-            max_object_size=self.max_object_size,
-            max_line_length=self.max_line_length,
-            max_payload_size=self.max_payload_size,
-            max_memo_size=self.max_memo_size,
-            max_opcodes=self.max_opcodes,
-            max_stack_depth=self.max_stack_depth,
-            max_expansion=self.max_expansion,
-        )
+    def __init__(
+        self,
+        transport_stream: AnyByteStream,
+        protocol: int = pickle.HIGHEST_PROTOCOL,
+        *,
+        pickler_class: Callable[..., pickle.Pickler] = pickle.Pickler,
+        unpickler_class: Callable[..., pickle.Unpickler] = pickle.Unpickler,
+        allow: AllowSpec = None,
+        **limits: Unpack[LimitOptions],
+    ) -> None:
+        _check_transport(transport_stream)
+        _check_protocol(protocol)
+        #: The byte stream the objects travel over.
+        self.transport_stream = transport_stream
+        self.protocol = protocol
+        self.pickler_class = pickler_class
+        self.unpickler_class = unpickler_class
+        self.allow = allow
+        #: The limits each received pickle is checked against (None: a trusted stream given
+        #: none); see `aload`.
+        self.limits = load_limits(allow, limits)
         self._options = LoadOptions(
-            unpickler_class=self.unpickler_class, allow=self.allow, limits=limits
+            unpickler_class=unpickler_class, allow=allow, limits=self.limits
         )
-        self._loader = Loader(TransportSource(self.transport_stream))
+        self._loader = Loader(TransportSource(transport_stream))
+        self._send_lock = anyio.Lock()
+        self._receive_lock = anyio.Lock()
+        self._partial = False  # the current send has handed a chunk to the transport
+        self._send_broken = False
+        self._receive_broken = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.transport_stream!r}, protocol={self.protocol}, "
+            f"allow={self.allow!r}, limits={self.limits!r})"
+        )
 
     @classmethod
     async def authenticated(
@@ -238,7 +230,8 @@ class PickleStream(ObjectStream[Any]):
                 )
             loader = self._loader
             try:
-                return await loader.load(self._options.requests(), progress)
+                options = self._options
+                return await loader.load(options.requests(), progress, guarded=options.guarded)
             except BaseException as exc:
                 self._receive_broken = loader.consumed > 0
                 if isinstance(exc, (EOFError, pickle.UnpicklingError)) and loader.eof:

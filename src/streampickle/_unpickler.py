@@ -11,12 +11,12 @@ from __future__ import annotations
 import io
 import pickle
 from collections.abc import Callable, Generator, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _cengine
 from ._cengine import Source
-from ._limits import LimitOptions, Limits, byte_limits, guard, restricted_options
+from ._limits import LimitOptions, Limits, guard, load_limits
 from ._policy import AllowSpec, Restriction
 from ._sansio import Peek, Read, ReadInto, Request
 
@@ -60,7 +60,7 @@ class Unpickler(pickle.Unpickler):
         allow: AllowSpec = None,
         **limits: Unpack[LimitOptions],
     ) -> None:
-        restricted_options(allow, limits)
+        checked = load_limits(allow, limits)
         if file is not None:
             # Look the methods up now, as the C Unpickler does, so a bad file fails here.
             read, readline = getattr(file, "read", None), getattr(file, "readline", None)
@@ -68,11 +68,11 @@ class Unpickler(pickle.Unpickler):
                 raise TypeError("file must have 'read' and 'readline' attributes")
         self._source = Source(file)
         #: The byte limits the guard checks (an unrestricted unpickler given some), or None.
-        self._byte_limits = byte_limits(limits) if allow is None else None
+        self._byte_limits = checked if allow is None else None
         self._restriction = (
             None
             if allow is None
-            else Restriction(allow, self._source, fix_imports, Limits(**limits))
+            else Restriction(allow, self._source, fix_imports, checked or Limits())
         )
         super().__init__(
             self._source if self._restriction is None else self._restriction.reader,
@@ -201,7 +201,7 @@ def iter_loads(
         return _restricted_loader(
             unpickler_class, fix_imports, encoding, errors, buffers, allow, limits
         )
-    checked = byte_limits(restricted_options(allow, limits))
+    checked = load_limits(allow, limits)
     source = Source(None)
     unpickler = unpickler_class(
         source, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
@@ -276,12 +276,18 @@ class LoadOptions:
     buffers: Iterable[Any] | None = None
     unpickler_class: Callable[..., Any] | None = None  #: None: the default unpickler
     allow: AllowSpec = None
-    limits: Limits = field(default_factory=Limits)
+    #: What `streampickle._limits.load_limits` gives: None for a trusted load without limits.
+    limits: Limits | None = None
+
+    @property
+    def guarded(self) -> bool:
+        """Whether `requests` pass through the byte guard (a trusted load given limits)."""
+        return self.allow is None and self.limits is not None
 
     def requests(self) -> Generator[Request, Any, Any]:
         """A fresh incremental loader for one pickle, within `limits`: restricted by `allow` if
-        given (its vetting reader checks every limit), else with the byte limits checked by
-        the byte guard (`streampickle._limits.guard`), as `iter_loads` does."""
+        given (its vetting reader checks every limit), else with the byte limits (if any)
+        checked by the byte guard (`streampickle._limits.guard`), as `iter_loads` does."""
         options: dict[str, Any] = (
             {} if self.unpickler_class is None else {"unpickler_class": self.unpickler_class}
         )
@@ -291,9 +297,11 @@ class LoadOptions:
             "errors": self.errors,
             "buffers": self.buffers,
         }
-        if self.allow is not None:
-            return iter_loads(**common, **options, allow=self.allow, **asdict(self.limits))
         limits = self.limits
+        if self.allow is not None:
+            return iter_loads(**common, **options, allow=self.allow, **asdict(limits or Limits()))
+        if limits is None:
+            return iter_loads(**common, **options)
         return iter_loads(
             **common,
             **options,

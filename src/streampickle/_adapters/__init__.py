@@ -25,11 +25,14 @@ from ._base import Source, Writer
 from ._files import AwaitWriter, FileSource
 from ._iterables import AsyncReadSource, ChunkSource
 from ._trio import SendAllWriter, TrioByteStream, TrioSource
+from ._types import AsyncReader, AsyncWriter
 from ._websockets import WebSocketByteStream
 
 __all__ = [
     "SOURCES",
     "WRITERS",
+    "AsyncReader",
+    "AsyncWriter",
     "AsyncioByteStream",
     "Kind",
     "Source",

@@ -42,7 +42,8 @@ class ChunkSource(Source):
         """*next_chunk* returns the next chunk, or None at the end of the stream."""
         self.stream = stream
         self._next = next_chunk
-        self._surplus = b""
+        self._chunk = b""  # the current chunk; bytes before _pos were handed out
+        self._pos = 0
 
     @classmethod
     def of_iterable(cls, stream: Any) -> ChunkSource:
@@ -70,17 +71,21 @@ class ChunkSource(Source):
         return cls(stream, next_chunk)
 
     async def receive(self, max_bytes: int) -> bytes:
-        data = self._surplus
-        while not data:  # empty chunks (an empty message) carry nothing: skip them
+        while self._pos == len(self._chunk):  # empty chunks (an empty message) carry nothing
             chunk = await self._next()
             if chunk is None:
                 return b""
-            data = _as_bytes(chunk, self.stream)
-        self._surplus = data[max_bytes:]
-        return data[:max_bytes]
+            self._chunk, self._pos = _as_bytes(chunk, self.stream), 0
+        start, chunk = self._pos, self._chunk
+        if start == 0 and max_bytes >= len(chunk):
+            self._pos = len(chunk)
+            return chunk  # the whole chunk, uncopied
+        self._pos = min(start + max_bytes, len(chunk))
+        return chunk[start : self._pos]  # a copy of what is asked only, not of the rest
 
     def take_surplus(self) -> bytes:
-        data, self._surplus = self._surplus, b""
+        data = self._chunk[self._pos :]
+        self._chunk, self._pos = b"", 0
         return data
 
 

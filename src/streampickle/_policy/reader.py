@@ -67,7 +67,7 @@ class _Recorder:
         # One byte past the limit is enough to refuse the line: never buffer a longer one.
         longest = self._limits.max_line_length
         data = self._call(self._inner.readline, -1 if longest is None else longest + 1)
-        self._limits.check("line", len(data), "max_line_length")
+        self._limits.check("line", len(data), "max_line_length", at_least=True)
         self._limits.check("pickle", self.position - self.start + len(data), "max_object_size")
         return self._keep(data, not data.endswith(b"\n"))
 

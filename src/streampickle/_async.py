@@ -231,8 +231,10 @@ async def aiter_load(
     *buffers* is shared by all the pickles; each pickle gets a fresh unpickler, so one pickle's
     memo never resolves another's references). The stream ending before a pickle's first byte
     ends the iteration; ending inside one raises ``UnpicklingError`` or ``EOFError``.
-    Read-ahead bytes are given back to the reader before each object is yielded, so breaking
-    out of the loop leaves the reader right after the last object yielded.
+    As it owns the stream until its end, it reads ahead at every protocol (64 KiB a receive),
+    and before each object is yielded what was read past its pickle is given back to a reader
+    that can take bytes back, or else kept for the next ``aload``/``aiter_load`` of the same
+    reader: breaking out of the loop leaves the reader right after the last object yielded.
     ``progress(bytes_read)`` counts the bytes of all the pickles read so far, from the first.
     """
     options = _load_options(
@@ -251,7 +253,7 @@ async def aiter_load(
         # left with break leaves it there for the next aload.
         with hold(reader, "aload") as held:
             try:
-                obj = await _load_one(loader, options, _offset(progress, done), held)
+                obj = await _load_one(loader, options, _offset(progress, done), held, owned=True)
             except EOFError:
                 if loader.consumed == 0 and loader.eof:
                     return
@@ -261,14 +263,20 @@ async def aiter_load(
 
 
 async def _load_one(
-    loader: Loader, options: LoadOptions, progress: Progress | None, held: Hold
+    loader: Loader,
+    options: LoadOptions,
+    progress: Progress | None,
+    held: Hold,
+    *,
+    owned: bool = False,
 ) -> Any:
     """One object from *loader*, starting with what the last load of the stream read past
     its pickle and keeping what this one reads past its own; *held* learns whether a failed
-    load left the stream inside its pickle."""
+    load left the stream inside its pickle. *owned*: the caller reads the stream to its end
+    (`aiter_load`), so even a framed pickle may be read ahead."""
     loader.preload(held.take_leftover())
     try:
-        obj = await loader.load(options.requests(), progress, guarded=options.guarded)
+        obj = await loader.load(options.requests(), progress, guarded=options.guarded, owned=owned)
     finally:
         held.started = loader.consumed > 0 or loader.buffered > 0
         held.moved = loader.consumed

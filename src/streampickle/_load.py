@@ -53,6 +53,7 @@ class Loader:
         self._ahead = source.can_unread  # may receive more than asked (see `load`)
         self._peek = source.can_unread  # may answer Peek with data
         self._guarded = False
+        self._owned = False
 
     @property
     def buffered(self) -> int:
@@ -65,6 +66,7 @@ class Loader:
         progress: Progress | None = None,
         *,
         guarded: bool = False,
+        owned: bool = False,
     ) -> Any:
         """Run *requests* to completion and return the object; always closes *requests*.
 
@@ -80,6 +82,8 @@ class Loader:
         next load. `Peek` is answered with read-ahead data then too, unless *guarded* (the
         byte guard's requests: in peeked data the C unpickler would allocate for a length
         before the guard sees it), in which case it reads ahead but answers every `Read`.
+        *owned*: the caller reads the stream to its end (`aiter_load`), so every pickle is
+        read ahead, framed or not.
         ``progress(n)`` is called whenever more of the pickle was read: *n* is the number of
         its bytes read so far (strictly increasing; pieces of a large payload count as read).
 
@@ -89,7 +93,7 @@ class Loader:
         """
         self.consumed, self.eof = 0, False
         self._progress, self._reported = progress, 0
-        self._head, self._guarded = b"", guarded
+        self._head, self._guarded, self._owned = b"", guarded, owned
         self._choose_mode()
         reply: Any = None
         try:
@@ -166,7 +170,7 @@ class Loader:
         if self.source.can_unread:
             self._ahead = self._peek = True
         else:
-            self._ahead = framed(self._head) is False
+            self._ahead = self._owned or framed(self._head) is False
             self._peek = self._ahead and not self._guarded
 
     def _report(self, pending: int = 0) -> None:

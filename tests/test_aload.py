@@ -362,6 +362,35 @@ async def test_payload_read_is_checked_in_read_ahead_mode(anyio_backend: Any) ->
         await aload(reader, **BYTE_LIMITS)
 
 
+class CountingStream(BytesStream):
+    """A `BytesStream` (it cannot take bytes back) that counts its receives."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.receives = 0
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        self.receives += 1
+        return await super().receive(max_bytes)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_streams_that_cannot_take_bytes_back_are_not_read_per_opcode(
+    protocol: int, anyio_backend: Any
+) -> None:
+    # 20,000 small dicts are ~200,000 opcodes: read ahead, a receive serves thousands.
+    records = [{"id": i, "name": f"n{i}", "ok": True} for i in range(20_000)]
+    data = pickle.dumps(records, protocol) * 2 + b"TAIL"
+    stream = CountingStream(data)
+    assert await aload(stream) == records
+    if protocol < 4:  # read ahead, the surplus kept for the next aload
+        assert stream.receives <= len(data) // 65536 + 3
+    else:  # read exactly (a few reads per frame): nothing past the pickle has left the stream
+        assert stream.pos == len(data) // 2 - 2
+    assert await aload(stream) == records  # the next one starts right after the first
+    assert [obj async for obj in aiter_load(CountingStream(data[:-4] * 3))] == [records] * 6
+
+
 def one_frame(payload: bytes) -> bytes:
     """A protocol-4 pickle of *payload* in one frame (CPython's pickler frames ~64 KiB; other
     picklers, and pickle.load, allow any size)."""

@@ -19,8 +19,11 @@ echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 echo "== mypy";   .venv/bin/mypy
+# pytest-xdist workers: the suite's tests are independent processes' worth of sockets, files
+# and subprocesses; WORKERS=0 runs them in this process (e.g. to debug with -s).
+workers=(-n "${WORKERS:-2}")
 echo "== pytest ($(.venv/bin/python --version))"
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q "${workers[@]}" "$@"
 
 for version in ${EXTRA_PYTHONS-3.10 3.12 3.13}; do
     python=$(ls -d /root/.pyenv/versions/"$version"*/bin/python3 2>/dev/null | head -n 1 || true)
@@ -30,5 +33,5 @@ for version in ${EXTRA_PYTHONS-3.10 3.12 3.13}; do
     fi
     setup "$python" ".venv-$version"
     echo "== pytest ($(".venv-$version/bin/python" --version))"
-    ".venv-$version/bin/python" -m pytest -q -p no:cacheprovider "$@"
+    ".venv-$version/bin/python" -m pytest -q -p no:cacheprovider "${workers[@]}" "$@"
 done

@@ -530,6 +530,50 @@ def test_an_unpickler_stays_refused_after_a_violation() -> None:
             unpickler.load()
 
 
+#: A refused global followed by what reads as a whole pickle: a list holding "wrong".
+REFUSED_THEN_TAIL = b"\x80\x02c__main__\nRefused\n]X\x05\x00\x00\x00wronga."
+
+
+def test_a_refusal_is_final_for_a_reused_unpickler() -> None:
+    class Control(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if name == "Refused":
+                raise pickle.UnpicklingError("refused")
+            return super().find_class(module, name)
+
+    # The control: plain pickle, reused after its refusal, reads the tail as the next pickle.
+    control = Control(io.BytesIO(REFUSED_THEN_TAIL))
+    with pytest.raises(pickle.UnpicklingError, match="refused"):
+        control.load()
+    assert control.load() == ["wrong"]
+
+    unpickler = streampickle.Unpickler(io.BytesIO(REFUSED_THEN_TAIL), allow=ALLOW_BUILTINS)
+    with pytest.raises(ForbiddenGlobal) as first:
+        unpickler.load()
+    for _ in range(2):
+        with pytest.raises(ForbiddenGlobal) as again:
+            unpickler.load()
+        assert again.value is first.value
+
+
+def test_bad_data_inside_a_pickle_is_final_a_clean_end_is_not() -> None:
+    bad = b"\x80\x02]h\x09X\x05\x00\x00\x00wronga."  # GET of a memo index never put
+    unpickler = streampickle.Unpickler(io.BytesIO(bad + pickle.dumps(1, 2)), allow=[])
+    with pytest.raises(pickle.UnpicklingError) as first:
+        unpickler.load()
+    with pytest.raises(pickle.UnpicklingError) as again:
+        unpickler.load()
+    assert again.value is first.value
+    # A clean end of stream (EOFError before a pickle's first byte) is not a refusal.
+    unpickler = streampickle.Unpickler(io.BytesIO(pickle.dumps(1, 2)), allow=[])
+    assert unpickler.load() == 1
+    with pytest.raises(EOFError) as end:
+        unpickler.load()
+    with pytest.raises(EOFError) as end_again:
+        unpickler.load()
+    assert end_again.value is not end.value
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_truncated_pickles_raise_the_usual_errors(protocol: int) -> None:
     data = pickle.dumps(DATA[9], protocol)

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from .._exceptions import LimitExceeded, PolicyViolation
+from .._exceptions import ForbiddenGlobal, LimitExceeded, PolicyViolation
 from .._limits import Limits
 from .._opcodes import BY_CODE, LONGEST_FIXED_ARGUMENT, UNFRAMED_HEADERS, Opcodes, genops, opcodes
 from .._sansio import PIECE_SIZE
@@ -118,7 +118,7 @@ class CheckedReader:
         self._memo = Memo()  # the model of the unpickler's memo, which outlives a pickle
         self._rules = Rules(self._limits, self._memo)
         #: The error that stopped this reader, raised again by every later read.
-        self.failure: pickle.UnpicklingError | None = None
+        self.failure: pickle.UnpicklingError | EOFError | None = None
 
     # -- the file interface the C unpickler uses ---------------------------------------------
 
@@ -145,6 +145,11 @@ class CheckedReader:
             end = head.find(b"\n")
             line += b"".join(self._take(len(head) if end < 0 else end + 1))
         return bytes(line)
+
+    @property
+    def position(self) -> int:
+        """Bytes read from the wrapped file so far."""
+        return self._recorder.position
 
     @property
     def io_error(self) -> BaseException | None:
@@ -279,18 +284,39 @@ class Restriction:
         those of allowed callables given bad arguments, become ``UnpicklingError`` with the
         original as ``__cause__``. The file's own errors pass through unchanged.
         """
+        reader = self.reader
+        if reader.failure is not None:
+            raise reader.failure  # a refusal is final (see `stop`)
+        begun = reader.position
         try:
             return load()
         except Exception as exc:
-            failure = self.reader.failure
+            failure = reader.failure
             if failure is not None and failure is not exc:
                 raise failure from None
-            if isinstance(exc, _BAD_DATA_ERRORS) and exc is not self.reader.io_error:
-                raise pickle.UnpicklingError(
-                    f"bad pickle data: {type(exc).__name__}: {exc}"
-                ) from exc
+            if isinstance(exc, _BAD_DATA_ERRORS) and exc is not reader.io_error:
+                error = pickle.UnpicklingError(f"bad pickle data: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                self.stop(error, begun)
+                raise error from exc
+            if isinstance(exc, (pickle.UnpicklingError, EOFError)):
+                self.stop(exc, begun)
             raise
 
+    def stop(self, error: pickle.UnpicklingError | EOFError, begun: int) -> None:
+        """Make *error* final: every later load of this unpickler raises it again, for after a
+        refusal or bad data inside a pickle the rest of it is still unread, and read as a new
+        pickle it could build a wrong object. Only a clean end of stream (``EOFError`` before
+        the pickle's first byte, at *begun*) leaves the unpickler usable, as ``pickle``'s."""
+        clean_end = isinstance(error, EOFError) and self.reader.position == begun
+        if not clean_end and self.reader.failure is None:
+            self.reader.failure = error
+
     def find_class(self, module: str, name: str) -> Any:
-        """`Allowlist.find_class` with this unpickler's ``fix_imports``."""
-        return self.allowlist.find_class(module, name, fix_imports=self.fix_imports)
+        """`Allowlist.find_class` with this unpickler's ``fix_imports``; a `ForbiddenGlobal`
+        is final, as every refusal (see `stop`)."""
+        try:
+            return self.allowlist.find_class(module, name, fix_imports=self.fix_imports)
+        except ForbiddenGlobal as refusal:
+            self.reader.failure = refusal
+            raise

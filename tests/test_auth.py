@@ -8,6 +8,7 @@ is unpickled.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import pickle
 import ssl
 import struct
@@ -21,6 +22,7 @@ import pytest
 from anyio.abc import ByteStream, SocketStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 
+import streampickle
 from netutil import HANG_GUARD, tcp_pair, while_sending
 from streampickle import ALLOW_BUILTINS, AuthenticationError, PickleStream, authenticate
 
@@ -193,6 +195,33 @@ async def test_failed_authentication_closes_the_transport(anyio_backend: Any) ->
             assert hello.startswith(b"SPAUTH")
             with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
                 await client.receive()  # then it hung up
+
+
+async def test_a_silent_or_trickling_peer_cannot_hold_the_handshake(anyio_backend: Any) -> None:
+    async with tcp_pair() as (client, server):
+        # Silent: the peer connects and sends nothing.
+        with anyio.fail_after(HANG_GUARD), pytest.raises(AuthenticationError) as info:
+            await authenticate(server, KEY, server_side=True, timeout=0.3)
+        assert "within 0.3 s (timeout=0.3)" in str(info.value)
+
+    async def trickle(stream: SocketStream) -> None:  # a valid HELLO, a byte at a time
+        hello = b"SPAUTH\x01H\x00\x20" + b"n" * 32
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            for byte in hello:
+                await stream.send(bytes([byte]))
+                await anyio.sleep(0.05)
+
+    async with tcp_pair() as (client, server), anyio.create_task_group() as group:
+        group.start_soon(trickle, client)
+        with anyio.fail_after(HANG_GUARD), pytest.raises(AuthenticationError):
+            await PickleStream.authenticated(server, key=KEY, server_side=True, timeout=0.5)
+        group.cancel_scope.cancel()
+
+
+def test_the_handshake_has_a_default_timeout() -> None:
+    for function in (authenticate, PickleStream.authenticated):
+        default = inspect.signature(function).parameters["timeout"].default
+        assert default == streampickle.DEFAULT_HANDSHAKE_TIMEOUT == 10
 
 
 async def test_keys_must_be_bytes(anyio_backend: Any) -> None:

@@ -17,7 +17,7 @@ from pickle import (
 
 from ._adapters import AsyncReader, AsyncWriter
 from ._async import adump, aiter_dumps, aiter_load, aload
-from ._auth import authenticate
+from ._auth import DEFAULT_HANDSHAKE_TIMEOUT, authenticate
 from ._exceptions import AuthenticationError, ForbiddenGlobal, LimitExceeded, PolicyViolation
 from ._globals import required_globals
 from ._limits import Limits
@@ -32,6 +32,7 @@ __all__ = [
     "ALLOW_COLLECTIONS",
     "ALLOW_DATETIME",
     "ALLOW_DECIMAL",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_PROTOCOL",
     "HIGHEST_PROTOCOL",
     "Allowlist",

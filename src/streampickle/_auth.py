@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import struct
 
+import anyio
 from anyio import EndOfStream
 from anyio.abc import AnyByteStream, ByteStream
 
 from ._exceptions import AuthenticationError
 
-__all__ = ["MAX_MESSAGE", "authenticate"]
+__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "MAX_MESSAGE", "authenticate"]
 
 MAGIC = b"SPAUTH"
 VERSION = 1
@@ -46,7 +48,18 @@ _SERVER, _CLIENT = b"S", b"C"  # the prover's role, bound into its proof
 _NAMES = {HELLO: "HELLO", PROOF: "PROOF"}
 
 
-async def authenticate(stream: AnyByteStream, key: bytes, *, server_side: bool) -> None:
+#: Default ``timeout`` of `authenticate`, in seconds: four small messages take a few round
+#: trips, so this only ever ends a handshake with a peer that is silent or trickles bytes.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+
+
+async def authenticate(
+    stream: AnyByteStream,
+    key: bytes,
+    *,
+    server_side: bool,
+    timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,  # noqa: ASYNC109 (a safe default)
+) -> None:
     """Prove to the peer of *stream* that we hold *key*, and make it prove the same to us.
 
     Both ends call this on a fresh byte stream (anyio ``SocketStream``, ``TLSStream``, ...)
@@ -55,8 +68,10 @@ async def authenticate(stream: AnyByteStream, key: bytes, *, server_side: bool) 
     once the peer has proven it knows *key*. It exchanges four small messages and reads
     exactly those bytes, so what the peer sends afterwards stays in the stream. Use a random
     key of 32 bytes (``secrets.token_bytes(32)``): a peer without the key receives a proof,
-    which lets it test guesses of a weak key offline. Bound the handshake's time yourself
-    (``with anyio.fail_after(10):``), or a silent peer holds the connection.
+    which lets it test guesses of a weak key offline. The whole handshake must end within
+    *timeout* seconds (default 10; ``None``: no limit), so a silent peer, or one that sends a
+    byte a second, cannot hold a server task: past it, `AuthenticationError` names the
+    ``timeout`` keyword.
 
     Raises `AuthenticationError` if the peer's proof is wrong (another key, a replayed or
     reflected handshake, both ends claiming the same role), if it sends anything but the
@@ -69,6 +84,16 @@ async def authenticate(stream: AnyByteStream, key: bytes, *, server_side: bool) 
     key = _check_key(key)
     if not isinstance(stream, ByteStream):  # an object stream may return more than asked
         raise TypeError(f"authenticate needs an anyio ByteStream, not {type(stream).__name__}")
+    with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+        await _handshake(stream, key, server_side)
+    if scope.cancelled_caught:
+        raise AuthenticationError(
+            f"the peer did not complete the handshake within {timeout} s (timeout={timeout}); "
+            "it is silent or too slow"
+        )
+
+
+async def _handshake(stream: ByteStream, key: bytes, server_side: bool) -> None:
     nonce = secrets.token_bytes(NONCE_SIZE)
     await _send(stream, HELLO, nonce)
     peer_nonce = await _receive(stream, HELLO, NONCE_SIZE)

@@ -12,7 +12,7 @@ from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
 from anyio.abc import AnyByteStream, ByteStream, ObjectStream
 
 from ._adapters import AsyncioByteStream, TransportSource, TrioByteStream, WebSocketByteStream
-from ._auth import authenticate
+from ._auth import DEFAULT_HANDSHAKE_TIMEOUT, authenticate
 from ._dump import write_chunks
 from ._limits import LimitOptions, load_limits
 from ._load import Loader
@@ -109,12 +109,18 @@ class PickleStream(ObjectStream[Any]):
 
     @classmethod
     async def authenticated(
-        cls, transport_stream: ByteStream, *, key: bytes, server_side: bool, **options: Any
+        cls,
+        transport_stream: ByteStream,
+        *,
+        key: bytes,
+        server_side: bool,
+        timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,  # noqa: ASYNC109 (a safe default)
+        **options: Any,
     ) -> PickleStream:
         """A `PickleStream` over *transport_stream* once its peer proved it holds *key*.
 
-        Runs `streampickle.authenticate` (the peer must do the same, with the other
-        *server_side*: True on the accepting end) before anything is sent
+        Runs `streampickle.authenticate` within *timeout* seconds (the peer must do the same,
+        with the other *server_side*: True on the accepting end) before anything is sent
         or unpickled; *options* are those of the constructor (pass *allow* too: a peer that
         knows the key is not thereby harmless). On any error, `AuthenticationError` included,
         the transport is closed. For asyncio or trio streams, make the stream with
@@ -122,7 +128,7 @@ class PickleStream(ObjectStream[Any]):
         server_side=...)`` before using it.
         """
         try:
-            await authenticate(transport_stream, key, server_side=server_side)
+            await authenticate(transport_stream, key, server_side=server_side, timeout=timeout)
         except BaseException:
             await anyio.aclose_forcefully(transport_stream)
             raise

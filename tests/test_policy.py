@@ -370,7 +370,13 @@ def test_posix_system_attack(marker: Path) -> None:
 @pytest.mark.parametrize(
     "pair",
     [("posix", "system"), ("builtins", "getattr"), ("_operator", "attrgetter"),
-     ("subprocess", "Popen"), ("pickle", "loads"), ("pydoc", "locate"), ("io", "open")],
+     ("subprocess", "Popen"), ("pickle", "loads"), ("pydoc", "locate"), ("io", "open"),
+     # C aliases of refused Python names, and well-known gadgets (issue 13)
+     ("_functools", "partial"), ("functools", "reduce"), ("_functools", "reduce"),
+     ("operator", "call"), ("_thread", "start_new_thread"), ("threading", "Thread"),
+     ("timeit", "timeit"), ("pdb", "run"), ("cProfile", "runctx"), ("types", "FunctionType"),
+     ("types", "CodeType"), ("webbrowser", "open"), ("linecache", "getline"),
+     ("urllib.request", "urlopen"), ("asyncio.subprocess", "create_subprocess_shell")],
 )  # fmt: skip
 def test_dangerous_names_cannot_be_listed_by_accident(pair: tuple[str, str]) -> None:
     with pytest.raises(ValueError, match="allow_dangerous"):

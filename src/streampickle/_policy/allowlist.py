@@ -28,13 +28,21 @@ Pair = tuple[str, str]
 
 
 #: Modules from which nothing may be allowed without ``allow_dangerous=True``: they run
-#: commands, touch files, import or resolve arbitrary names, or load nested pickles.
+#: commands or code, start threads, touch files or the network, import or resolve arbitrary
+#: names, inspect the interpreter, or load nested pickles. C modules are listed with the
+#: Python modules they implement, and well-known gadget modules (a call runs code: timeit,
+#: pdb, doctest, profile...) beside them.
 _DANGEROUS_MODULES = frozenset(
     {
-        "_ctypes", "_frozen_importlib", "_frozen_importlib_external", "_imp", "_pickle",
-        "_posixsubprocess", "_signal", "_socket", "code", "codeop", "ctypes", "importlib",
-        "marshal", "multiprocessing", "nt", "os", "pickle", "pkgutil", "posix", "pty", "pydoc",
-        "runpy", "shelve", "shutil", "signal", "socket", "streampickle", "subprocess", "sys",
+        "_asyncio", "_ctypes", "_frozen_importlib", "_frozen_importlib_external", "_imp",
+        "_pickle", "_posixsubprocess", "_signal", "_socket", "_thread", "_winapi", "asyncio",
+        "bdb", "cProfile", "cloudpickle", "code", "codeop", "ctypes", "dill", "distutils",
+        "doctest", "ensurepip", "fileinput", "ftplib", "gc", "http", "imp", "importlib",
+        "inspect", "joblib", "linecache", "marshal", "msvcrt", "multiprocessing", "nt", "os",
+        "pdb", "pickle", "pip", "pkgutil", "posix", "profile", "pty", "pydoc", "runpy",
+        "setuptools", "shelve", "shutil", "signal", "smtplib", "socket", "socketserver",
+        "streampickle", "subprocess", "sys", "telnetlib", "tempfile", "threading", "timeit",
+        "trace", "urllib", "venv", "webbrowser", "xmlrpc", "zipimport",
     }
 )  # fmt: skip
 #: Single names that are dangerous in otherwise harmless modules.
@@ -46,7 +54,13 @@ _DANGEROUS_NAMES = frozenset(
     + [(module, name) for module in ("operator", "_operator")
        for name in ("attrgetter", "methodcaller")]
     + [(module, name) for module in ("io", "_io") for name in ("open", "open_code", "FileIO")]
-    + [("codecs", "open"), ("functools", "partial"), ("functools", "partialmethod")]
+    + [(module, "call") for module in ("operator", "_operator")]
+    + [(module, name) for module in ("functools", "_functools")
+       for name in ("partial", "partialmethod", "reduce")]
+    + [("codecs", "open"), ("builtins", "__build_class__")]
+    + [("types", name) for name in (
+        "CodeType", "FunctionType", "LambdaType", "MethodType", "new_class", "prepare_class",
+    )]
 )  # fmt: skip
 
 

@@ -261,6 +261,20 @@ def test_inspect_dangerous_global(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert f"warning: {os.name}.system is known to be dangerous" in capsys.readouterr().out
 
 
+def test_inspect_prints_names_from_the_pickle_safely(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A name holding terminal escape sequences (clear the screen, set the title): shown
+    # escaped, never written raw to the terminal.
+    name = "\x1b[2J\x1b]0;pwned\x07system"
+    path = tmp_path / "escapes.pkl"
+    path.write_bytes(b"\x80\x02cos\n" + name.encode() + b"\n)R.")
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "warning: os.\\x1b[2J\\x1b]0;pwned\\x07system is known to be dangerous" in out
+
+
 def test_inspect_stdin_through_a_pipe() -> None:
     parts = [pickle.dumps(SAMPLE, 5), pickle.dumps([1, 2], 2)]
     done = run_cli("inspect", "-", "--json", stdin=b"".join(parts))

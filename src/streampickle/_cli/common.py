@@ -12,8 +12,16 @@ class CommandError(Exception):
 
 
 def one_line(exc: BaseException) -> str:
-    """*exc* as one line of text."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """*exc* as one line of printable text (its message may quote a hostile pickle)."""
+    return printable(" ".join(str(exc).split())) or type(exc).__name__
+
+
+def printable(text: str) -> str:
+    """*text* with every character that is not printable escaped as in ``repr`` (a name read
+    from a pickle may hold terminal escape sequences)."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def positive(text: str) -> int:

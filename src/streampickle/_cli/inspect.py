@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .._inspect import LARGE_PAYLOAD, PickleReport, Stats, inspect_stream
-from .common import one_line
+from .common import one_line, printable
 
 __all__ = ["add_parser", "run"]
 
@@ -102,7 +102,10 @@ def _describe(number: int, report: PickleReport) -> Iterator[str]:
     yield f"  globals: {len(report.globals)}; the allowlist it needs:"
     yield f"    {report.allowlist_source()}"
     for module, name in report.dangerous_globals:
-        yield f"    warning: {module}.{name} is known to be dangerous (it can run code)"
+        yield (
+            f"    warning: {printable(f'{module}.{name}')} is known to be dangerous (it can run "
+            "code)"
+        )
 
 
 def _stats(stats: Stats) -> str:

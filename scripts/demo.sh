@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Set up the venv (the project and its test extras) and run the main demo, `streampickle demo`:
+# Set up a venv (the project and its small `demo` extra, installed once: a second run starts at
+# once) and run the main demo, `streampickle demo`:
 # a server and a client on loopback stream a large object graph with adump/aload, then the
 # naive way, and a table compares them. Arguments pass through to the demo (e.g.
 # `bash scripts/demo.sh --payload arrays --mb 200 --backend trio`; `--help` lists them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-    "${PYTHON:-python3}" -m venv .venv
+venv=.venv-demo
+# Reinstall only when the project's metadata changed since the last install.
+stamp="$venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+    if [ ! -x "$venv/bin/python" ]; then
+        "${PYTHON:-python3}" -m venv "$venv"
+    fi
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[demo]'
+    rm -f "$venv"/.installed-*
+    touch "$stamp"
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
-exec .venv/bin/python -m streampickle demo "$@"
+exec "$venv/bin/python" -m streampickle demo "$@"

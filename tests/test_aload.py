@@ -293,6 +293,23 @@ async def test_bad_data_raises_unpickling_error(anyio_backend: Any) -> None:
             await aload(reader)
 
 
+async def test_data_that_is_not_a_pickle_says_so(anyio_backend: Any) -> None:
+    # pickle's own messages are about opcodes ("Memo value not found at index 101", or two
+    # lines about persistent ids for a zip's b"PK"): aload adds that this is no pickle.
+    for garbage in [b"hello, this is text\n", b"PK\x03\x04 a zip file"]:
+        for reader in byte_readers(garbage):
+            with pytest.raises(pickle.UnpicklingError) as info:
+                await aload(reader)
+            message = str(info.value)
+            assert "\n" not in message
+            assert f"(not a pickle? the data starts with b'{garbage[:1].decode()}" in message
+    # A real pickle that is bad keeps pickle's message, without the hint.
+    for bad in [pickle.dumps([1, 2, 3], 0)[:-3], b"\x80\x05\x95garbage"]:
+        with pytest.raises(pickle.UnpicklingError) as info:
+            await aload(BytesStream(bad))
+        assert "not a pickle" not in str(info.value)
+
+
 async def test_rejects_what_it_cannot_read(anyio_backend: Any, tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"BytesIO is a synchronous file; use streampickle\.load"):
         await aload(io.BytesIO(b""))  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,13 @@ def test_all_names_exist_and_are_unique() -> None:
     assert len(set(streampickle.__all__)) == len(streampickle.__all__)
     for name in streampickle.__all__:
         assert hasattr(streampickle, name), name
+
+
+def test_the_package_introduces_itself() -> None:
+    assert streampickle.__version__ == metadata.version("streampickle")
+    intro = (streampickle.__doc__ or "").split("Sync API")[0]  # the async API comes first
+    for name in ("adump", "aiter_dumps", "aload", "aiter_load", "PickleStream", "allow="):
+        assert name in intro, name
 
 
 if __name__ == "__main__":

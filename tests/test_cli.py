@@ -300,11 +300,16 @@ GOOD = pickle.dumps(SAMPLE, 5)
     [
         (GOOD[:-1], "pickle 1: malformed pickle: pickle exhausted before seeing STOP", 0),
         (GOOD[:1000], "pickle 1: malformed pickle:", 0),
-        (b"hello, world", "pickle 1: malformed pickle:", 0),
+        (b"hello, world", "pickle 1: not a pickle: it starts with b'hello, world' at offset 0", 0),
         (b"\x80\x05\xff", "pickle 1: malformed pickle: at position 2, opcode b'\\xff' unknown", 0),
         (b"", "the input is empty: no pickle in it", 0),
-        (GOOD + b"\x00junk", "pickle 2: malformed pickle:", 1),
-        (b"a.", "pickle 1: malformed pickle: APPEND at offset 0 underflows the stack", 0),
+        (
+            GOOD + b"\x00junk",
+            f"pickle 2: not a pickle: it starts with b'\\x00junk' at offset {len(GOOD)}",
+            1,
+        ),
+        (b"a.", "pickle 1: not a pickle: it starts with b'a.'", 0),
+        (b"\x80\x02a.", "pickle 1: malformed pickle: APPEND at offset 2 underflows the stack", 0),
         # A claimed 1 TiB payload: read in pieces, never allocated (a MemoryError before).
         (
             b"\x80\x04\x8d" + (1 << 40).to_bytes(8, "little") + b"abc",
@@ -312,7 +317,17 @@ GOOD = pickle.dumps(SAMPLE, 5)
             0,
         ),
     ],
-    ids=["truncated", "frame", "garbage", "opcode", "empty", "trailing", "underflow", "claim"],
+    ids=[
+        "truncated",
+        "frame",
+        "garbage",
+        "opcode",
+        "empty",
+        "trailing",
+        "not-a-start",
+        "underflow",
+        "claim",
+    ],
 )
 def test_inspect_bad_input(
     data: bytes, message: str, good: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]

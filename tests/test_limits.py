@@ -629,3 +629,69 @@ def test_sync_api_without_limits_is_pickle() -> None:
     """No limit given: nothing is checked, as in pickle (a frame of any size loads)."""
     data = pickle.dumps([b"x" * 5000], 5)
     assert streampickle.loads(data) == streampickle.load(io.BytesIO(data)) == [b"x" * 5000]
+
+
+# ---------------------------------------------------------------------------------------------
+# limits=Limits(...): a bundle of limits, accepted wherever the keywords are.
+
+_BUNDLED = pickle.dumps(b"x" * 5000, 5)
+
+
+def test_a_limits_bundle_is_accepted_by_the_sync_api() -> None:
+    small = streampickle.Limits(max_object_size=1000)
+    allows: list[Any] = [None, []]
+    for allow in allows:
+        with pytest.raises(LimitExceeded, match="max_object_size \\(1000\\)"):
+            streampickle.loads(_BUNDLED, allow=allow, limits=small)
+        with pytest.raises(LimitExceeded, match="max_object_size \\(1000\\)"):
+            streampickle.Unpickler(io.BytesIO(_BUNDLED), allow=allow, limits=small).load()
+        with pytest.raises(LimitExceeded, match="max_object_size \\(1000\\)"):
+            streampickle.drive_load(
+                streampickle.iter_loads(allow=allow, limits=small), io.BytesIO(_BUNDLED)
+            )
+        # A keyword beside the bundle wins over its field.
+        lifted = streampickle.loads(_BUNDLED, allow=allow, limits=small, max_object_size=None)
+        assert lifted == b"x" * 5000
+
+
+def test_a_limits_bundle_needs_allow_for_the_restricted_limits() -> None:
+    with pytest.raises(TypeError, match="max_opcodes applies only to restricted loads"):
+        streampickle.loads(_BUNDLED, limits=streampickle.Limits(max_opcodes=5))
+    with pytest.raises(TypeError, match=r"limits= takes a streampickle\.Limits, not dict"):
+        streampickle.loads(_BUNDLED, limits={"max_opcodes": 5})  # type: ignore[arg-type]
+    with pytest.raises(LimitExceeded, match="max_opcodes"):
+        streampickle.loads(
+            pickle.dumps(list(range(100)), 2), allow=[], limits=streampickle.Limits(max_opcodes=5)
+        )
+
+
+@pytest.mark.anyio
+async def test_a_limits_bundle_is_accepted_by_the_async_api(anyio_backend: Any) -> None:
+    small = streampickle.Limits(max_object_size=1000)
+    async with tcp_pair() as (client, server):
+        await client.send(_BUNDLED * 3)
+        with pytest.raises(LimitExceeded, match="max_object_size \\(1000\\)"):
+            await streampickle.aload(server, limits=small)
+    async with tcp_pair() as (client, server):
+        await client.send(_BUNDLED)
+        await client.send_eof()
+        with pytest.raises(LimitExceeded, match="max_object_size \\(1000\\)"):
+            async for _ in streampickle.aiter_load(server, allow=[], limits=small):
+                pass
+    async with tcp_pair() as (client, server):
+        sender = streampickle.PickleStream(client)
+        receiver = streampickle.PickleStream(server, limits=small)
+        assert receiver.limits == streampickle.Limits(
+            max_frame_size=small.max_frame_size,
+            max_object_size=1000,
+            max_line_length=small.max_line_length,
+            max_payload_size=None,
+            max_memo_size=None,
+            max_opcodes=None,
+            max_stack_depth=None,
+            max_expansion=None,
+        )
+        with anyio.fail_after(HANG_GUARD):
+            await sender.send(b"x" * 5000)
+            with pytest.raises(LimitExceeded):
+                await receiver.receive()

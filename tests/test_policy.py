@@ -682,6 +682,27 @@ def test_allowlist_api() -> None:
     assert streampickle.loads(pickle.dumps(os.getcwd, 4), allow=risky) is os.getcwd
 
 
+def test_allow_of_the_wrong_type_says_what_it_takes() -> None:
+    data = pickle.dumps(1)
+    for allow, hint in [
+        ("builtins", "list them: [('builtins', 'name'), ...], or use a preset"),
+        (True, "allow=[] permits no global at all; for a trusted peer leave allow= out"),
+    ]:
+        with pytest.raises(TypeError) as info:
+            streampickle.loads(data, allow=allow)  # type: ignore[arg-type]
+        assert "allow= takes an Allowlist or an iterable of (module, name) pairs" in str(info.value)
+        assert hint in str(info.value)
+
+
+def test_forbidden_global_says_how_to_allow_it() -> None:
+    with pytest.raises(ForbiddenGlobal) as info:
+        streampickle.loads(pickle.dumps(collections.OrderedDict()), allow=[])
+    assert str(info.value).startswith(
+        "global collections.OrderedDict is not in the allowlist; to allow it, add "
+        "('collections', 'OrderedDict') to allow= (streampickle.required_globals(data) lists"
+    )
+
+
 def test_forbidden_global_is_an_unpickling_error() -> None:
     with pytest.raises(pickle.UnpicklingError, match=r"global collections\.deque is not in"):
         streampickle.loads(pickle.dumps(collections.deque()), allow=ALLOW_BUILTINS)

@@ -1,11 +1,29 @@
 """streampickle: stream pickles through async byte streams, and a drop-in for ``pickle``.
 
-``import streampickle as pickle`` works: `dump`, `dumps`, `load`, `loads`, `Pickler`,
-`Unpickler`, the exceptions and constants are those of the standard library (same signatures,
-bytes and errors). On top of them: `iter_dumps` (the incremental pickler, a generator of
-protocol-4/5 frames) and `iter_loads` (the sans-IO incremental loader).
+Async API (asyncio, uvloop and trio, through anyio):
+
+* ``await adump(obj, writer, protocol=None)`` pickles *obj* into a stream frame by frame, with
+  backpressure, the event loop kept responsive and memory bounded by a frame, not the object;
+  the bytes are exactly ``pickle.dumps(obj, protocol)``. ``aiter_dumps(obj)`` gives the same
+  bytes as an async iterator of chunks (HTTP bodies: Starlette, httpx, aiohttp).
+* ``obj = await aload(reader)`` reads one pickle as it arrives; ``async for obj in
+  aiter_load(reader)`` reads pickles back to back until the end of the stream. Readers and
+  writers: asyncio streams, anyio and trio streams, async files, aiohttp/httpx/Starlette bodies,
+  websockets (see `AsyncReader`, `AsyncWriter`).
+* `PickleStream` sends and receives many objects over one connection (an anyio object
+  stream), protocol 5 by default.
+
+Untrusted peers: pass ``allow=`` (an `Allowlist`, e.g. `ALLOW_BUILTINS`, or pairs that
+`required_globals` lists) to any load: only those globals resolve, the opcodes are vetted and
+the `Limits` apply; `authenticate` / `PickleStream.authenticated` make the peer prove a key.
+
+Sync API, as ``pickle``: ``import streampickle as pickle`` works: `dump`, `dumps`, `load`,
+`loads`, `Pickler`, `Unpickler`, the exceptions and constants are the standard library's (same
+signatures, bytes and errors). And `iter_dumps` (a generator of protocol-4/5 frames) and
+`iter_loads` (a sans-IO loader). The command line: ``python -m streampickle --help``.
 """
 
+from importlib import metadata as _metadata
 from pickle import (
     DEFAULT_PROTOCOL,
     HIGHEST_PROTOCOL,
@@ -26,6 +44,12 @@ from ._policy import ALLOW_BUILTINS, ALLOW_COLLECTIONS, ALLOW_DATETIME, ALLOW_DE
 from ._sansio import Chunk, Peek, Read, ReadInto, ReadLine, Request
 from ._stream import PickleStream
 from ._unpickler import Unpickler, drive_load, iter_loads, load, loads
+
+try:
+    #: The installed distribution's version.
+    __version__ = _metadata.version("streampickle")
+except _metadata.PackageNotFoundError:  # imported from a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ALLOW_BUILTINS",

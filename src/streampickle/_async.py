@@ -169,12 +169,13 @@ async def aload(
     of the text opcodes) to check it (``None`` disables one): each raises `LimitExceeded`,
     naming the keyword, before the bytes are read or a buffer of the claimed size is
     allocated. With *allow*, every field of `Limits` applies, with `Limits`' defaults for those
-    not given. Caveat: in a protocol 0-3 pickle (or one without a PROTO opcode) read ahead
-    from a stream that can take bytes back, a ``BINBYTES``/``BINBYTES8``/``BYTEARRAY8``
-    header is parsed by the C unpickler from the read-ahead data, so it allocates the claimed
-    size (``MemoryError`` if impossible) before the payload read is refused; frames are a
-    protocol-4 feature and are only checked in protocol 4/5 pickles, and in-frame lengths are
-    only checked when their payload is read.
+    not given. ``limits=Limits(...)`` passes them as one bundle (keywords beside it win).
+    Caveat: in a protocol 0-3 pickle (or one without a PROTO opcode) read ahead from a stream
+    that can take bytes back, a ``BINBYTES``/``BINBYTES8``/``BYTEARRAY8`` header is parsed by
+    the C unpickler from the read-ahead data, so it allocates the claimed size (``MemoryError``
+    if impossible) before the payload read is refused; frames are a protocol-4 feature and are
+    only checked in protocol 4/5 pickles, and in-frame lengths are only checked when their
+    payload is read.
 
     ``progress(bytes_read)`` is called as the pickle is read, with the number of its bytes read
     so far (strictly increasing: after each frame or opcode the unpickler takes, and after each
@@ -277,6 +278,11 @@ async def _load_one(
     loader.preload(held.take_leftover())
     try:
         obj = await loader.load(options.requests(), progress, guarded=options.guarded, owned=owned)
+    except pickle.UnpicklingError as error:
+        explained = loader.explain(error)
+        if explained is error:
+            raise
+        raise explained from error
     finally:
         held.started = loader.consumed > 0 or loader.buffered > 0
         held.moved = loader.consumed

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from ._globals import opcodes_and_globals
-from ._opcodes import LENGTH_FIELDS
+from ._opcodes import LENGTH_FIELDS, PICKLE_STARTS
 from ._policy import Pair, is_dangerous
 from ._sansio import PIECE_SIZE
 
@@ -120,6 +120,18 @@ class _Input:
             self._ahead = self._file.read(1)
         return not self._ahead
 
+    @property
+    def next_byte(self) -> int:
+        """The next byte (once `at_end` said there is one)."""
+        return self._ahead[0]
+
+    def peek(self, size: int) -> bytes:
+        """The next *size* bytes (fewer at the end), left unread: only to report bad input
+        (`readline` expects at most one byte ahead)."""
+        if len(self._ahead) < size:
+            self._ahead += self._file.read(size - len(self._ahead))
+        return self._ahead[:size]
+
     def read(self, size: int) -> bytes:
         if size >= SKIP_OVER:
             return self._payload(size)
@@ -171,6 +183,11 @@ def inspect_stream(file: BinaryIO, *, fix_imports: bool = True) -> Iterator[Pick
     number = 0
     while not source.at_end():
         number += 1
+        if source.next_byte not in PICKLE_STARTS:
+            raise pickle.UnpicklingError(
+                f"pickle {number}: not a pickle: it starts with {source.peek(16)!r} at offset "
+                f"{source.position} (pickles of protocols 2-5 start with b'\\x80')"
+            )
         try:
             with warnings.catch_warnings():
                 # pickletools warns of invalid escapes in a protocol-0 string (which pickle

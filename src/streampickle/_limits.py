@@ -69,7 +69,9 @@ class Limits:
 
     Which apply: a trusted load (no ``allow=``) checks only the limits passed to it, none by
     default, as ``pickle`` checks none; a restricted load (``allow=``) checks all of them, with
-    the defaults below for those not passed.
+    the defaults below for those not passed. Every load function takes them as keywords
+    (``max_frame_size=...``) or as a bundle, ``limits=Limits(...)`` (keywords beside it win;
+    to a trusted load a bundle gives its byte limits).
 
     The byte limits, checked by every load given them (``load``, ``loads``, ``Unpickler``,
     ``iter_loads``, ``aload``, ``aiter_load``, ``PickleStream``), restricted or not:
@@ -125,7 +127,10 @@ class RestrictedLimitOptions(TypedDict, total=False):
 
 
 class LimitOptions(ByteLimitOptions, RestrictedLimitOptions, total=False):
-    """The fields of `Limits`, as keyword arguments of the load functions."""
+    """The fields of `Limits`, as keyword arguments of the load functions; and ``limits``, a
+    `Limits` whose fields apply as if given one by one (keywords given beside it win)."""
+
+    limits: Limits
 
 
 _BYTE_LIMITS = frozenset(ByteLimitOptions.__annotations__)
@@ -155,6 +160,11 @@ def byte_limits(options: LimitOptions) -> Limits | None:
         max_frame_size=options.get("max_frame_size"),
         max_object_size=options.get("max_object_size"),
         max_line_length=options.get("max_line_length"),
+        max_payload_size=None,
+        max_memo_size=None,
+        max_opcodes=None,
+        max_stack_depth=None,
+        max_expansion=None,
     )
 
 
@@ -165,8 +175,34 @@ def load_limits(allow: object, options: LimitOptions) -> Limits | None:
     every pickle ``pickle.load`` accepts). Restricted: every field of `Limits`, its defaults for
     those not given. ``TypeError`` for a restricted-only limit without *allow*.
     """
+    options = _unbundled(allow, options)
     restricted_options(allow, options)
-    return byte_limits(options) if allow is None else Limits(**options)
+    fields: dict[str, Any] = dict(options)  # no bundle left in it
+    return byte_limits(options) if allow is None else Limits(**fields)
+
+
+_DEFAULTS = Limits()
+
+
+def _unbundled(allow: object, options: LimitOptions) -> LimitOptions:
+    """*options* with a ``limits=Limits(...)`` bundle spread into its fields: all of them for
+    a restricted load; for a trusted one its byte limits, and the others that differ from the
+    defaults (so that `restricted_options` refuses them: they would not apply)."""
+    if "limits" not in options:
+        return options
+    spread = dict(options)
+    bundle = spread.pop("limits")
+    if not isinstance(bundle, Limits):
+        raise TypeError(f"limits= takes a streampickle.Limits, not {type(bundle).__name__}")
+    fields: dict[str, Any] = {
+        name: getattr(bundle, name)
+        for name in Limits.__dataclass_fields__
+        if allow is not None
+        or name in _BYTE_LIMITS
+        or getattr(bundle, name) != getattr(_DEFAULTS, name)
+    }
+    merged: LimitOptions = {**fields, **spread}  # type: ignore[typeddict-item]
+    return merged
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,17 +14,20 @@ files) are read exactly, which never loses a byte.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Generator
 from typing import Any
 
 from ._adapters import Source, source_for
-from ._opcodes import framed
+from ._opcodes import PICKLE_STARTS, framed
 from ._sansio import PIECE_SIZE, Peek, Progress, Read, ReadInto, Request
 
 __all__ = ["READ_AHEAD", "Loader", "open_loader"]
 
 #: Read-ahead per receive, for sources that may read ahead.
 READ_AHEAD = 1 << 16
+#: How many of a pickle's first bytes a `Loader` keeps (its mode, and error messages).
+HEAD = 16
 
 
 class Loader:
@@ -49,7 +52,7 @@ class Loader:
         self.eof = False
         self._progress: Progress | None = None
         self._reported = 0  # the last count given to _progress
-        self._head = b""  # the current pickle's first two bytes, once consumed
+        self._head = b""  # the current pickle's first `HEAD` bytes, once consumed
         self._ahead = source.can_unread  # may receive more than asked (see `load`)
         self._peek = source.can_unread  # may answer Peek with data
         self._guarded = False
@@ -112,6 +115,22 @@ class Loader:
         """Put *data* (what an earlier load of the stream read past its pickle) in front."""
         self._buffer += data
 
+    def explain(self, error: pickle.UnpicklingError) -> pickle.UnpicklingError:
+        """*error* (the unpickler's, for the current pickle) as one line, saying that the data
+        may not be a pickle at all when it failed within its first bytes and does not start
+        with PROTO (pickle's own messages are about opcodes: "Memo value not found...")."""
+        message = " ".join(str(error).split())
+        # Parsed from peeked data, the pickle's first bytes may still be unconsumed.
+        head = self._head or bytes(self._buffer[self._pos : self._pos + HEAD])
+        if type(error) is not pickle.UnpicklingError or self.consumed > HEAD or not head:
+            return error
+        if head[0] in PICKLE_STARTS:
+            return pickle.UnpicklingError(message) if message != str(error) else error
+        return pickle.UnpicklingError(
+            f"{message} (not a pickle? the data starts with {head!r}; pickles of protocols "
+            "2-5 start with b'\\x80')"
+        )
+
     async def give_back(self) -> bytes:
         """Hand what was read past the last pickle back to the source if it can take bytes
         back; return what it cannot take (read ahead here, or the rest of a chunk the source
@@ -158,8 +177,8 @@ class Loader:
 
     def _consumed(self, data: bytes) -> bytes:
         """Account for *data* handed to the unpickler."""
-        if self.consumed < 2 and data:
-            self._head += data[: 2 - self.consumed]
+        if self.consumed < HEAD and data:
+            self._head += data[: HEAD - self.consumed]
             self._choose_mode()
         self.consumed += len(data)
         self._report()

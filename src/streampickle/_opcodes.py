@@ -26,6 +26,7 @@ __all__ = [
     "LENGTH_FIELDS",
     "LONGEST_FIXED_ARGUMENT",
     "MARK",
+    "PICKLE_STARTS",
     "PROTO",
     "UNFRAMED_HEADERS",
     "LengthField",
@@ -193,3 +194,9 @@ def framed(head: bytes) -> bool | None:
     if head[0] != PROTO:
         return False
     return None if len(head) < 2 else head[1] >= 4
+
+
+#: The first bytes of the pickles ``pickle`` writes: PROTO (protocols 2-5), and at protocols
+#: 0 and 1 MARK, the empty containers, NONE, the int, float and string opcodes and GLOBAL.
+#: Data that starts otherwise is most likely not a pickle (a text file, a zip, HTTP...).
+PICKLE_STARTS = frozenset(b"\x80()]}NIJKLMFGSTUVXc")

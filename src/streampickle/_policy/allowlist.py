@@ -164,7 +164,13 @@ class Allowlist:
         """
         module, name = map_python2(module, name, fix_imports)
         if (module, name) not in self._pairs:
-            raise ForbiddenGlobal(module, name)
+            raise ForbiddenGlobal(
+                module,
+                name,
+                f"is not in the allowlist; to allow it, add ({module!r}, {name!r}) to allow= "
+                "(streampickle.required_globals(data) lists every pair a pickle needs, "
+                "streampickle inspect FILE prints the allowlist)",
+            )
         sys.audit("pickle.find_class", module, name)
         __import__(module, level=0)
         obj: Any = sys.modules[module]
@@ -200,8 +206,22 @@ AllowSpec = Allowlist | Iterable[Pair] | None
 
 
 def as_allowlist(allow: Allowlist | Iterable[Pair]) -> Allowlist:
-    """Return *allow* as an `Allowlist` (an iterable of pairs is checked as `Allowlist` does)."""
-    return allow if isinstance(allow, Allowlist) else Allowlist(allow)
+    """Return *allow* as an `Allowlist` (an iterable of pairs is checked as `Allowlist` does);
+    ``TypeError`` for a string, a bool or anything else that is not pairs, saying what is."""
+    if isinstance(allow, Allowlist):
+        return allow
+    if isinstance(allow, (str, bytes, bool)) or not isinstance(allow, Iterable):
+        hint = (
+            f" (to allow a module's names, list them: [({allow!r}, 'name'), ...], or use a "
+            "preset such as ALLOW_BUILTINS)"
+            if isinstance(allow, str)
+            else " (allow=[] permits no global at all; for a trusted peer leave allow= out)"
+        )
+        raise TypeError(
+            f"allow= takes an Allowlist or an iterable of (module, name) pairs, not "
+            f"{type(allow).__name__} {allow!r}{hint}"
+        )
+    return Allowlist(allow)
 
 
 #: Builtin data types that need a global: set, frozenset, bytearray, complex, slice, range, the

@@ -6,10 +6,12 @@ are not its business: they are checked on the loader's side of the requests (the
 or a restricted loader's vetting reader), so every driver, sync or async, enforces the same.
 What shapes the driver is leftovers: with `Peek` answered from a read-ahead buffer the C
 unpickler parses straight from it (no request per opcode) but the buffer then holds bytes past
-the pickle's STOP. Only sources that can take bytes back (anyio ``BufferedByteReceiveStream``,
+the pickle's STOP. Sources that can take bytes back (anyio ``BufferedByteReceiveStream``,
 seekable files, an asyncio ``StreamReader`` through its internal buffer, `PickleStream`'s own
-buffer) ever read ahead; the others (plain anyio and trio receive streams, pipes opened as
-files) are read exactly, which never loses a byte.
+buffer) always read ahead and get the surplus back. On the others (plain anyio and trio receive
+streams, pipes opened as files, chunked streams) a framed pickle is read exactly, and a
+protocol 0-3 one (an opcode at a time: a receive per opcode otherwise) is read ahead, its
+surplus handed to the caller (`give_back`), which keeps it for the stream's next load.
 """
 
 from __future__ import annotations

@@ -376,20 +376,48 @@ def test_inspect_bad_input_in_a_subprocess() -> None:
 # demo
 
 DEMO_KEYS = {"bytes", "wall_s", "peak_memory_mb", "max_stall_ms", "first_byte_ms", "intact"}
+DEMO_DOCUMENT = {"backend", "payload", "records", "mb", "memory_measure", "results"}
+DEMO_ADDED = {"runs", "floor_s", "floor", "verdict", "samples"}
+DEMO_ADDED_RESULTS = {
+    "wall_s_range",
+    "sender_peak_memory_mb",
+    "receiver_peak_memory_mb",
+    "sender_max_stall_ms",
+    "receiver_max_stall_ms",
+    "sender_cpu_s",
+    "receiver_cpu_s",
+}
 
 
-def check_demo(document: dict[str, Any], backend: str, size: int) -> None:
-    assert set(document) == {"backend", "payload", "records", "mb", "memory_measure", "results"}
+def check_demo(document: dict[str, Any], backend: str, size: int, runs: int = 1) -> None:
+    # The keys from before the demo ran its ends in separate processes keep their meaning
+    # (now medians over the runs); the new ones are added beside them.
+    assert set(document) == DEMO_DOCUMENT | DEMO_ADDED
     assert document["backend"] == backend
+    assert document["runs"] == runs
     assert set(document["results"]) == {"streampickle", "naive"}
     for result in document["results"].values():
-        assert set(result) == DEMO_KEYS
+        assert set(result) == DEMO_KEYS | DEMO_ADDED_RESULTS
         assert result["intact"] is True
         assert result["bytes"] == size
         assert result["wall_s"] > 0 and result["first_byte_ms"] > 0
         assert result["max_stall_ms"] >= 0
+        low, high = result["wall_s_range"]
+        assert low <= result["wall_s"] <= high
         if document["memory_measure"] is not None:
             assert result["peak_memory_mb"] >= 0
+    # One warm-up each way, then *runs* each way, the order swapped every other round.
+    samples = document["samples"]
+    assert [(s["method"], s["warmup"]) for s in samples[:2]] == [
+        ("streampickle", True),
+        ("naive", True),
+    ]
+    counted = [s["method"] for s in samples if not s["warmup"]]
+    assert sorted(counted) == sorted(["streampickle", "naive"] * runs)
+    assert all(s["intact"] and s["bytes"] == size for s in samples)
+    assert document["floor_s"] > 0 and len(document["floor"]["samples"]) == runs
+    assert document["verdict"].startswith("streampickle: ")
+    assert "x the naive time" in document["verdict"] and "floor" in document["verdict"]
 
 
 def demo_records(count: int) -> Any:
@@ -405,7 +433,8 @@ BACKENDS = ["asyncio", "trio", pytest.param("uvloop", marks=pytest.mark.skipif(
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_demo_json(backend: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--records", "3000", "--backend", backend, "--json"]) == 0
+    argv = ["demo", "--records", "3000", "--runs", "1", "--backend", backend, "--json"]
+    assert main(argv) == 0
     captured = capsys.readouterr()
     size = len(pickle.dumps(demo_records(3000), 5))
     check_demo(json.loads(captured.out), backend, size)
@@ -413,39 +442,69 @@ def test_demo_json(backend: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_demo_table_and_progress(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--records", "3000", "--progress"]) == 0
+    assert main(["demo", "--records", "3000", "--runs", "2", "--progress"]) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert lines[0] == "payload: 3,000 records, protocol 5, loopback TCP, backend asyncio"
-    assert lines[1].split() == ["streampickle", "naive"]
-    labels = [line[:24].strip() for line in lines[2:-1]]
+    assert lines[1] == (
+        "sender and receiver in fresh processes; medians of 2 runs each way, after a warm-up"
+    )
+    assert lines[2].split() == ["streampickle", "naive"]
+    labels = [line[:24].strip() for line in lines[3:-3]]
     assert labels == [
         "pickle size (MB)",
         "wall time (s)",
+        "range over runs (s)",
         "peak memory (MB, RSS)",
+        "sender + receiver",
         "longest loop stall (ms)",
         "time to first byte (ms)",
+        "CPU time (s)",
+        "sender + receiver",
     ]
-    assert lines[-1] == "the object arrived intact both ways"
-    # The progress hooks fed the line: its last state shows every byte sent and received.
+    assert lines[-3].startswith("receiver's floor (pickle.loads of the same bytes, fresh process)")
+    assert lines[-2] == "the object arrived intact both ways"
+    assert lines[-1].startswith("streampickle: ") and "x the receiver's floor" in lines[-1]
+    # The progress hooks of both ends (in their own processes) fed the line: the last state of
+    # each transfer shows every byte sent and received.
     megabytes = len(pickle.dumps(demo_records(3000), 5)) / 1e6
-    last = [line for line in captured.err.splitlines() if line.startswith("streampickle:")][-1]
-    assert f"sent {megabytes:.1f} MB, received {megabytes:.1f} MB" in last
+    finals = [line for line in captured.err.splitlines() if "received" in line]
+    for label in ("streampickle (warm-up)", "naive (warm-up)", "streampickle", "naive"):
+        last = [line for line in finals if line.startswith(label + ":")][-1]
+        assert f"sent {megabytes:.1f} MB, received {megabytes:.1f} MB" in last
 
 
 def test_demo_arrays(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("numpy")
-    assert main(["demo", "--payload", "arrays", "--mb", "4", "--json"]) == 0
+    assert main(["demo", "--payload", "arrays", "--mb", "4", "--runs", "1", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert (document["payload"], document["mb"], document["records"]) == ("arrays", 4, None)
     assert all(r["intact"] and r["bytes"] > 4 << 20 for r in document["results"].values())
+    assert all(s["intact"] for s in document["samples"])
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_demo_in_a_subprocess(backend: str) -> None:
-    done = run_cli("demo", "--records", "2000", "--backend", backend, "--json")
+def test_demo_in_a_subprocess() -> None:
+    done = run_cli("demo", "--records", "2000", "--runs", "1", "--backend", "trio", "--json")
     assert done.returncode == 0, done.stderr
-    check_demo(json.loads(done.stdout), backend, len(pickle.dumps(demo_records(2000), 5)))
+    check_demo(json.loads(done.stdout), "trio", len(pickle.dumps(demo_records(2000), 5)))
+
+
+def test_demo_child_failure_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from streampickle._cli import demo
+
+    # A receiver that cannot start (an unknown role option) fails the demo with one line.
+    argv = ["demo", "--records", "100", "--runs", "1"]
+    real = demo._start
+
+    def broken(*args: Any, **extra: Any) -> Any:
+        return real(*args, **{**extra, "method": "bogus"})
+
+    demo._start = broken
+    try:
+        assert main(argv) == 1
+    finally:
+        demo._start = real
+    assert one_line_error(capsys.readouterr().err, "demo").startswith("a demo process failed")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -690,8 +690,45 @@ async def test_a_limits_bundle_is_accepted_by_the_async_api(anyio_backend: Any) 
             max_opcodes=None,
             max_stack_depth=None,
             max_expansion=None,
+            max_nesting=None,
         )
         with anyio.fail_after(HANG_GUARD):
             await sender.send(b"x" * 5000)
             with pytest.raises(LimitExceeded):
                 await receiver.receive()
+
+
+# ---------------------------------------------------------------------------------------------
+# Nesting that never grows the stack: each level a tuple of the one below (issue 13, class 1).
+
+#: A dict whose key is a million nested tuples: EMPTY_TUPLE, then TUPLE1 on it a million times
+#: (the stack stays one item deep), then SETITEM, which hashes the key by C recursion.
+DEEP_KEY = b"\x80\x02}" + b")" + b"\x85" * 1_000_000 + b"Ns."
+
+
+def test_nested_tuples_cannot_crash_a_restricted_load() -> None:
+    # The control: plain pickle dies of it (SIGSEGV), in a child process.
+    control = subprocess.run(
+        [sys.executable, "-c", "import pickle, sys; pickle.loads(sys.stdin.buffer.read())"],
+        input=DEEP_KEY,
+        capture_output=True,
+        timeout=120,
+    )
+    assert control.returncode < 0  # killed by a signal
+    with pytest.raises(LimitExceeded) as info:
+        streampickle.loads(DEEP_KEY, allow=[])
+    assert info.value.limit == "max_nesting"
+    assert str(info.value).startswith("tuple nesting of 501 levels exceeds max_nesting (500)")
+    # Within the limit (and with it lifted, for a peer you trust that far) it loads.
+    nested: Any = ()
+    for _ in range(499):
+        nested = (nested,)
+    assert streampickle.loads(pickle.dumps({nested: 1}, 2), allow=[]) == {nested: 1}
+    shallow = b"\x80\x02}" + b")" + b"\x85" * 2000 + b"Ns."
+    assert len(streampickle.loads(shallow, allow=[], max_nesting=None)) == 1
+
+
+@pytest.mark.anyio
+async def test_nested_tuples_cannot_crash_a_restricted_aload(anyio_backend: Any) -> None:
+    with pytest.raises(LimitExceeded, match="max_nesting"):
+        await while_sending(DEEP_KEY, lambda server: streampickle.aload(server, allow=[]))

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_LINE_LENGTH",
     "DEFAULT_MAX_MEMO_SIZE",
+    "DEFAULT_MAX_NESTING",
     "DEFAULT_MAX_OBJECT_SIZE",
     "DEFAULT_MAX_OPCODES",
     "DEFAULT_MAX_PAYLOAD_SIZE",
@@ -61,6 +62,11 @@ DEFAULT_MAX_STACK_DEPTH = 100_000
 #: writes needs none of it; a hostile one gets ``set(range(65536))`` (~4 MB) or
 #: ``bytes(65536)`` out of a few bytes.
 DEFAULT_MAX_EXPANSION = 1 << 16
+#: Default ``max_nesting``: tuples nested in tuples. CPython hashes a tuple by C recursion with
+#: no recursion check, so a key of a million nested tuples (one byte a level: TUPLE1 on
+#: TUPLE1...) crashes the process when a dict or set hashes it during the load; comparing
+#: such keys recurses too (``RecursionError`` past ~1,000). 500 stays below both on 3.10-3.13.
+DEFAULT_MAX_NESTING = 500
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,8 @@ class Limits:
     run code, so limits would not protect the receiver): *max_payload_size* (one ``bytes``,
     ``bytearray``, ``str`` or long-int payload), *max_memo_size* (the highest memo index + 1,
     and the number of memo entries a pickle makes), *max_opcodes*, *max_stack_depth* (items
-    plus open marks) and *max_expansion* (what the calls of allowed callables build, in items
+    plus open marks), *max_nesting* (tuples nested in tuples, which CPython hashes by
+    unchecked C recursion) and *max_expansion* (what the calls of allowed callables build, in items
     or bytes, beyond twice the bytes received so far). They are checked before the unpickler
     acts on the opcode.
     """
@@ -97,6 +104,7 @@ class Limits:
     max_opcodes: int | None = DEFAULT_MAX_OPCODES
     max_stack_depth: int | None = DEFAULT_MAX_STACK_DEPTH
     max_expansion: int | None = DEFAULT_MAX_EXPANSION
+    max_nesting: int | None = DEFAULT_MAX_NESTING
 
     def check(
         self, what: str, size: int, limit: str, *, unit: str = "bytes", at_least: bool = False
@@ -124,6 +132,7 @@ class RestrictedLimitOptions(TypedDict, total=False):
     max_opcodes: int | None
     max_stack_depth: int | None
     max_expansion: int | None
+    max_nesting: int | None
 
 
 class LimitOptions(ByteLimitOptions, RestrictedLimitOptions, total=False):
@@ -165,6 +174,7 @@ def byte_limits(options: LimitOptions) -> Limits | None:
         max_opcodes=None,
         max_stack_depth=None,
         max_expansion=None,
+        max_nesting=None,
     )
 
 

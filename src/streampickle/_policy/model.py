@@ -79,13 +79,17 @@ ARGS_KEPT = 8
 
 
 class Tuple(Sized):
-    """The model of a tuple; ``items`` holds its items' models if it has at most `ARGS_KEPT`."""
+    """The model of a tuple; ``items`` holds its items' models if it has at most `ARGS_KEPT`;
+    ``depth`` counts the tuples nested in it, itself included (a tuple is immutable, so this
+    is known once it is built)."""
 
-    __slots__ = ("items",)
+    __slots__ = ("depth", "items")
 
     def __init__(self, items: list[Any]) -> None:
         super().__init__(len(items))
         self.items = tuple(items) if len(items) <= ARGS_KEPT else None
+        nested = (item.depth for item in items if type(item) is Tuple)
+        self.depth: int = 1 + max(nested, default=0)
 
 
 class Opaque:

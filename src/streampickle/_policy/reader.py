@@ -249,8 +249,16 @@ class CheckedReader:
             yield part
 
 
-#: What the C unpickler and the callables it calls raise for data that makes no sense.
-_BAD_DATA_ERRORS = (ArithmeticError, AttributeError, LookupError, TypeError, ValueError)
+#: What the C unpickler and the callables it calls raise for data that makes no sense
+#: (``RecursionError``: comparing or hashing nested objects of allowed classes).
+_BAD_DATA_ERRORS = (
+    ArithmeticError,
+    AttributeError,
+    LookupError,
+    RecursionError,
+    TypeError,
+    ValueError,
+)
 
 
 class Restriction:

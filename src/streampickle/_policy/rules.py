@@ -59,6 +59,7 @@ class Rules:
         self.built = 0  # items and bytes that the modelled calls build
         self.max_opcodes = _or_max(limits.max_opcodes)
         self.max_stack_depth = _or_max(limits.max_stack_depth)
+        self.max_nesting = _or_max(limits.max_nesting)
 
     def check(self, name: str, arg: Any, start: int, end: int) -> None:
         """Raise `PolicyViolation` if the opcode *name* at ``[start, end)`` is refused,
@@ -270,6 +271,19 @@ def _builder(count: int | None, build: Callable[[list[Any]], Any]) -> Handler:
     return handle
 
 
+def _tuple_builder(count: int | None) -> Handler:
+    """TUPLE/TUPLE1-3: a tuple, nested at most ``max_nesting`` tuples deep."""
+    build = _builder(count, Tuple)
+
+    def handle(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+        build(rules, name, arg, start, end)
+        depth = rules.stack[-1].depth
+        if depth > rules.max_nesting:
+            rules.limits.check("tuple nesting", depth, "max_nesting", unit="levels")
+
+    return handle
+
+
 def _grower(count: int | None, per_item: int = 1) -> Handler:
     """APPEND/SETITEM (*count* items) and APPENDS/SETITEMS/ADDITEMS (those above the mark)
     add to the container below them."""
@@ -388,10 +402,10 @@ _MODEL: dict[str, Handler] = {
     "BYTEARRAY8": _payload_pusher(Box),
     **dict.fromkeys(["EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"], _pusher(lambda arg: Box(0))),
     "EMPTY_TUPLE": _pusher(lambda arg: EMPTY_TUPLE),
-    "TUPLE": _builder(None, Tuple),
-    "TUPLE1": _builder(1, Tuple),
-    "TUPLE2": _builder(2, Tuple),
-    "TUPLE3": _builder(3, Tuple),
+    "TUPLE": _tuple_builder(None),
+    "TUPLE1": _tuple_builder(1),
+    "TUPLE2": _tuple_builder(2),
+    "TUPLE3": _tuple_builder(3),
     "LIST": _builder(None, lambda items: Box(len(items))),
     "DICT": _builder(None, lambda items: Box(len(items) // 2)),
     "FROZENSET": _builder(None, lambda items: sized(len(items))),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copyreg
 import io
 import pickle
+import pickletools
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,9 @@ from ._policy.allowlist import Pair, map_python2
 from ._policy.rules import EXTENSION_OPCODES, MEMO_PUT
 
 __all__ = ["opcodes_and_globals", "required_globals"]
+
+#: The list type of the model's stack (a test counts the items its slices touch).
+_Stack = list
 
 
 _MEMO_GET = frozenset({"GET", "BINGET", "LONG_BINGET"})
@@ -45,14 +49,19 @@ def opcodes_and_globals(
 ) -> Iterator[tuple[Any, Any, int, int, Pair | None]]:
     """`opcodes`, each with the global it references (mapped from Python 2 names as a
     restricted load judges it) or ``None``. STACK_GLOBAL operands are followed through a model
-    of the stack and memo; ``UnpicklingError`` when the pickle underflows it."""
-    stack: list[Any] = []
-    memo: dict[int, Any] = {}
+    of the stack and memo; ``UnpicklingError`` when the pickle underflows it.
+
+    The model does O(1) amortized work per opcode (each item is pushed once and popped at most
+    once), so the walk is linear in the pickle's size, whatever its marks. Its memory is linear
+    in the pickle's size too: one list slot per stack item and mark, one dict entry per memo
+    write (the walk holds the model of one pickle, not its bytes).
+    """
+    model = _Model()
     for opcode, arg, start, end in opcodes(file):
-        pair = _referenced_pair(opcode.name, arg, stack, start)
+        pair = _referenced_pair(opcode.name, arg, model, start)
         yield opcode, arg, start, end, None if pair is None else map_python2(*pair, fix_imports)
         try:
-            _simulate(opcode, arg, stack, memo)
+            model.simulate(opcode, arg)
         except (IndexError, KeyError):
             raise pickle.UnpicklingError(
                 f"malformed pickle: {opcode.name} at offset {start} underflows the stack or "
@@ -60,17 +69,17 @@ def opcodes_and_globals(
             ) from None
 
 
-def _referenced_pair(name: str, arg: Any, stack: list[Any], position: int | None) -> Pair | None:
+def _referenced_pair(name: str, arg: Any, model: _Model, position: int | None) -> Pair | None:
     if name in ("GLOBAL", "INST"):
         module, _, qualname = arg.partition(" ")  # genops joins the two lines with a blank
         return module, qualname
     if name == "STACK_GLOBAL":
-        operands = stack[-2:]
-        if len(operands) != 2 or not all(isinstance(item, str) for item in operands):
+        operands = model.top_two()
+        if operands is None or not all(isinstance(item, str) for item in operands):
             raise pickle.UnpicklingError(
                 f"STACK_GLOBAL at position {position} does not follow two literal strings"
             )
-        return operands[0], operands[1]
+        return operands
     if name in EXTENSION_OPCODES:
         registered: Pair | None = copyreg._inverted_registry.get(arg)  # type: ignore[attr-defined]
         if registered is None:
@@ -79,33 +88,87 @@ def _referenced_pair(name: str, arg: Any, stack: list[Any], position: int | None
     return None
 
 
-def _simulate(opcode: Any, arg: Any, stack: list[Any], memo: dict[int, Any]) -> None:
-    """Apply *opcode*'s effect to a symbolic *stack*: strings are kept, other values are None.
+def _effect(opcode: Any) -> tuple[bool, int, tuple[bool, ...]]:
+    """*opcode*'s effect on the stack, from ``pickletools``: whether it pops through the
+    topmost mark, how many entries it pops (under that mark, if it does), and what it pushes
+    (True for a mark, False for a value)."""
+    before = opcode.stack_before
+    through_mark = MARK in before
+    count = before.index(MARK) if through_mark else len(before)
+    return through_mark, count, tuple(item is MARK for item in opcode.stack_after)
+
+
+_EFFECTS = {opcode.name: _effect(opcode) for opcode in pickletools.opcodes}
+
+
+class _Model:
+    """A symbolic stack and memo: strings are kept, other values are None.
 
     Follows ``pickletools.dis``: a MARK is an entry of its own; an opcode whose stack_before
-    holds a markobject pops through the topmost mark.
+    holds a markobject pops through the topmost mark. The marks are not kept in `stack` but
+    as indices in `marks` (a mark at index *i* sits just below ``stack[i]``), so that popping
+    through the topmost mark costs what it pops, never a scan or copy of the stack.
     """
-    name = opcode.name
-    if name in MEMO_PUT:
-        memo[arg] = stack[-1]
-    elif name == "MEMOIZE":
-        memo[len(memo)] = stack[-1]
-    elif name in _MEMO_GET:
-        stack.append(memo[arg])
-    elif name == "DUP":
-        stack.append(stack[-1])
-    else:
-        before = opcode.stack_before
-        count = len(before)
-        if MARK in before or (name == "POP" and stack and stack[-1] is MARK):
-            if MARK not in stack:
-                raise IndexError("no MARK on the stack")
-            del stack[len(stack) - 1 - stack[::-1].index(MARK) :]
-            count = before.index(MARK) if MARK in before else 0
-        if count > len(stack):
-            raise IndexError(f"pops {count} of {len(stack)} items")
-        del stack[len(stack) - count :]
-        if name in _STRINGS:
-            stack.append(arg)
+
+    __slots__ = ("marks", "memo", "stack")
+
+    def __init__(self) -> None:
+        self.stack: list[Any] = _Stack()
+        self.marks: list[int] = []
+        self.memo: dict[int, Any] = {}
+
+    def _top_is_mark(self) -> bool:
+        return bool(self.marks) and self.marks[-1] == len(self.stack)
+
+    def top_two(self) -> Pair | None:
+        """The two topmost entries, if both are values; else None."""
+        stack = self.stack
+        if len(stack) < 2 or (self.marks and self.marks[-1] >= len(stack) - 1):
+            return None
+        return stack[-2], stack[-1]
+
+    def _top(self) -> Any:
+        if self._top_is_mark():
+            return MARK
+        return self.stack[-1]
+
+    def _push(self, value: Any) -> None:
+        if value is MARK:
+            self.marks.append(len(self.stack))
         else:
-            stack.extend(MARK if item is MARK else None for item in opcode.stack_after)
+            self.stack.append(value)
+
+    def _pop(self, count: int) -> None:
+        stack, marks = self.stack, self.marks
+        for _ in range(count):
+            if marks and marks[-1] == len(stack):
+                marks.pop()
+            else:
+                stack.pop()  # IndexError when empty: an underflow
+
+    def simulate(self, opcode: Any, arg: Any) -> None:
+        """Apply *opcode*'s effect."""
+        name = opcode.name
+        if name in MEMO_PUT:
+            self.memo[arg] = self._top()
+        elif name == "MEMOIZE":
+            self.memo[len(self.memo)] = self._top()
+        elif name in _MEMO_GET:
+            self._push(self.memo[arg])
+        elif name == "DUP":
+            self._push(self._top())
+        else:
+            through_mark, count, after = _EFFECTS[name]
+            if through_mark:
+                if not self.marks:
+                    raise IndexError("no MARK on the stack")
+                del self.stack[self.marks.pop() :]
+            self._pop(count)
+            if name in _STRINGS:
+                self.stack.append(arg)
+            else:
+                for is_mark in after:
+                    if is_mark:
+                        self.marks.append(len(self.stack))
+                    else:
+                        self.stack.append(None)

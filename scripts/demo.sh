@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up a venv (the project and its small `demo` extra, installed once: a second run starts at
-# once) and run the main demo, `streampickle demo`:
-# a server and a client on loopback stream a large object graph with adump/aload, then the
-# naive way, and a table compares them. Arguments pass through to the demo (e.g.
+# once) and run the main demo, `streampickle demo`: a receiver and a sender, each a fresh
+# process, stream a large object graph over loopback with adump/aload and the naive way,
+# alternately after a warm-up; a table shows the medians, the receiver's floor (pickle.loads
+# of the same bytes in a fresh process) and a verdict. Arguments pass through to the demo (e.g.
 # `bash scripts/demo.sh --payload arrays --mb 200 --backend trio`; `--help` lists them).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,7 @@
-"""The opcode walk of `required_globals` and `inspect_stream` does linear work (issue 15,
-item 6): hostile 1-2 MB pickles that ``pickle.loads`` handles in milliseconds once cost
-minutes, because each pop through a mark reversed and scanned the whole symbolic stack.
+"""The opcode walk of `required_globals` and `inspect_stream` does linear work ("untrusted
+peers round 2", item 6): hostile 1-2 MB pickles that ``pickle.loads`` handles in milliseconds
+once cost minutes, because each pop through a mark reversed and scanned the whole symbolic
+stack.
 
 No timing: the model's stack is replaced by a list that counts the items its slices, scans
 and copies touch, which must stay within the number of opcodes (each item is pushed once and

@@ -422,7 +422,7 @@ def check_demo(document: dict[str, Any], backend: str, size: int, runs: int = 1)
 
 def demo_records(count: int) -> Any:
     from streampickle._cli import parser
-    from streampickle._cli.demo import _build
+    from streampickle._cli.demo_child import build as _build
 
     return _build(parser().parse_args(["demo", "--records", str(count)]))
 

@@ -73,3 +73,20 @@ async def asyncio_pipe() -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.St
     finally:
         writer.close()
         source.close()
+
+
+async def aiohttp_server(app: Any, **runner_options: Any) -> tuple[Any, int]:
+    """Serve the aiohttp *app* on a free loopback port: ``(runner, port)``; the caller
+    awaits ``runner.cleanup()`` when done (*runner_options* go to ``web.AppRunner``)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port: int = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, port

@@ -51,7 +51,7 @@ from anyio.streams.tls import TLSStream
 import streampickle
 from corpus import corpus
 from leaks import GreenletLedger
-from netutil import asyncio_pipe, tcp_pair
+from netutil import aiohttp_server, asyncio_pipe, tcp_pair
 from streampickle import AsyncReader, AsyncWriter
 
 T = TypeVar("T")
@@ -349,17 +349,13 @@ async def fsspec_http(env: Env) -> AsyncIterator[Ends]:
 
     app = web.Application()
     app.router.add_get("/stream", download)
-    runner = web.AppRunner(app, shutdown_timeout=0)
-    await runner.setup()
     # Closed in reverse: the file, the client session, the writer's end (the handler's
     # stream ends), the server, the reader's end.
     async with AsyncExitStack() as stack:
         stack.push_async_callback(receive.aclose)
+        runner, port = await aiohttp_server(app, shutdown_timeout=0)
         stack.push_async_callback(runner.cleanup)
         stack.push_async_callback(send.aclose)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         fs = HTTPFileSystem(asynchronous=True, skip_instance_cache=True)
         stack.push_async_callback((await fs.set_session()).close)
         file = await fs.open_async(f"http://127.0.0.1:{port}/stream", "rb")

@@ -11,6 +11,7 @@ from typing import Any, cast
 from aiohttp import ClientSession, web
 
 import streampickle
+from netutil import aiohttp_server
 
 OBJ = {"records": [{"id": i, "name": f"r{i}"} for i in range(20_000)], "blob": b"z" * 300_000}
 
@@ -18,11 +19,7 @@ OBJ = {"records": [{"id": i, "name": f"r{i}"} for i in range(20_000)], "blob": b
 async def _serve(handler: Any) -> tuple[web.AppRunner, int]:
     app = web.Application()
     app.router.add_get("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port: int = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await aiohttp_server(app)
     return runner, port
 
 

@@ -21,6 +21,7 @@ import pytest
 from fsspec.asyn import AbstractAsyncStreamedFile
 
 import streampickle
+from netutil import aiohttp_server
 
 pytestmark = pytest.mark.anyio
 
@@ -134,11 +135,7 @@ def test_aiohttp_server_and_client_read_with_aload() -> None:
         app = web.Application()
         app.router.add_post("/up", upload)
         app.router.add_get("/down", download)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, port = await aiohttp_server(app)
         try:
             async with ClientSession() as session:
                 async with session.post(
@@ -328,11 +325,7 @@ def test_fsspec_http_async_file_reads_with_aload() -> None:
     async def main() -> list[Any]:
         app = web.Application()
         app.router.add_get("/objects", download)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, port = await aiohttp_server(app)
         fs = HTTPFileSystem(asynchronous=True, skip_instance_cache=True)
         session = await fs.set_session()
         try:

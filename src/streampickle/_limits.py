@@ -165,17 +165,8 @@ def byte_limits(options: LimitOptions) -> Limits | None:
     checks none."""
     if all(options.get(name) is None for name in _BYTE_LIMITS):
         return None
-    return Limits(
-        max_frame_size=options.get("max_frame_size"),
-        max_object_size=options.get("max_object_size"),
-        max_line_length=options.get("max_line_length"),
-        max_payload_size=None,
-        max_memo_size=None,
-        max_opcodes=None,
-        max_stack_depth=None,
-        max_expansion=None,
-        max_nesting=None,
-    )
+    off: dict[str, Any] = dict.fromkeys(Limits.__dataclass_fields__)  # every limit None
+    return Limits(**{**off, **{name: options.get(name) for name in _BYTE_LIMITS}})
 
 
 def load_limits(allow: object, options: LimitOptions) -> Limits | None:

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_MAX_OPCODES",
     "DEFAULT_MAX_PAYLOAD_SIZE",
     "DEFAULT_MAX_STACK_DEPTH",
+    "DEFAULT_MAX_WORK",
     "ByteLimitOptions",
     "LimitOptions",
     "Limits",
@@ -62,11 +63,18 @@ DEFAULT_MAX_STACK_DEPTH = 100_000
 #: writes needs none of it; a hostile one gets ``set(range(65536))`` (~4 MB) or
 #: ``bytes(65536)`` out of a few bytes.
 DEFAULT_MAX_EXPANSION = 1 << 16
-#: Default ``max_nesting``: tuples nested in tuples. CPython hashes a tuple by C recursion with
-#: no recursion check, so a key of a million nested tuples (one byte a level: TUPLE1 on
-#: TUPLE1...) crashes the process when a dict or set hashes it during the load; comparing
-#: such keys recurses too (``RecursionError`` past ~1,000). 500 stays below both on 3.10-3.13.
+#: Default ``max_nesting``: containers (tuples, lists, dicts, sets, instances...) nested in
+#: containers. CPython hashes a tuple, and frees a ``deque`` or ``defaultdict``, by C recursion
+#: with no recursion check, so a key of a million nested tuples (one byte a level: TUPLE1 on
+#: TUPLE1...) or ~100,000 nested deques crashes the process; comparing or printing nested
+#: lists recurses too (``RecursionError`` past ~1,000). 500 stays below all of them on
+#: 3.10-3.13.
 DEFAULT_MAX_NESTING = 500
+#: Default ``max_work``: the steps a pickle may cost beyond 16 a byte received: objects that
+#: hashing dict keys and set members visits (CPython caches no tuple's or int's hash, so a
+#: shared tuple of tuples used as a key costs its unfolded size each time), and steps of
+#: tracking how deep objects nest.
+DEFAULT_MAX_WORK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -90,10 +98,11 @@ class Limits:
     run code, so limits would not protect the receiver): *max_payload_size* (one ``bytes``,
     ``bytearray``, ``str`` or long-int payload), *max_memo_size* (the highest memo index + 1,
     and the number of memo entries a pickle makes), *max_opcodes*, *max_stack_depth* (items
-    plus open marks), *max_nesting* (tuples nested in tuples, which CPython hashes by
-    unchecked C recursion) and *max_expansion* (what the calls of allowed callables build, in items
-    or bytes, beyond twice the bytes received so far). They are checked before the unpickler
-    acts on the opcode.
+    plus open marks), *max_nesting* (containers nested in containers, which CPython hashes or
+    frees by unchecked C recursion), *max_expansion* (what the calls of allowed callables
+    build, in items or bytes, beyond twice the bytes received so far) and *max_work* (objects
+    visited hashing keys and set members, and steps of tracking nesting, beyond 16 a byte
+    received). They are checked before the unpickler acts on the opcode.
     """
 
     max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE
@@ -105,6 +114,7 @@ class Limits:
     max_stack_depth: int | None = DEFAULT_MAX_STACK_DEPTH
     max_expansion: int | None = DEFAULT_MAX_EXPANSION
     max_nesting: int | None = DEFAULT_MAX_NESTING
+    max_work: int | None = DEFAULT_MAX_WORK
 
     def check(
         self, what: str, size: int, limit: str, *, unit: str = "bytes", at_least: bool = False
@@ -133,6 +143,7 @@ class RestrictedLimitOptions(TypedDict, total=False):
     max_stack_depth: int | None
     max_expansion: int | None
     max_nesting: int | None
+    max_work: int | None
 
 
 class LimitOptions(ByteLimitOptions, RestrictedLimitOptions, total=False):

@@ -68,9 +68,21 @@ class Sized:
 
 class Box(Sized):
     """The model of a mutable container (list, dict, set, bytearray, deque...): APPEND(S),
-    SETITEM(S) and ADDITEMS add to its size, seen through every reference to it."""
+    SETITEM(S) and ADDITEMS add to its size, seen through every reference to it.
 
-    __slots__ = ()
+    Like every model of an object that holds others (`NESTS`): ``depth`` counts the containers
+    nested in it, itself included; ``holders`` lists the containers that hold it, once per
+    reference (None once nothing it holds can deepen: it never deepens again); ``cost`` is
+    what hashing it, or a copy of it, visits. ``built`` is set by a BUILD on it."""
+
+    __slots__ = ("built", "cost", "depth", "holders")
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__(size)
+        self.depth = 1
+        self.cost = 1
+        self.holders: list[Any] | None = []
+        self.built = False
 
 
 #: A call's arguments are kept in the model of a tuple up to this many (every modelled
@@ -79,17 +91,40 @@ ARGS_KEPT = 8
 
 
 class Tuple(Sized):
-    """The model of a tuple; ``items`` holds its items' models if it has at most `ARGS_KEPT`;
-    ``depth`` counts the tuples nested in it, itself included (a tuple is immutable, so this
-    is known once it is built)."""
+    """The model of a tuple; ``items`` holds its items' models if it has at most `ARGS_KEPT`.
+    ``depth``, ``holders`` and ``cost`` as for `Box`; `Rules.contain` sets them. CPython does
+    not cache a tuple's hash, so its ``cost`` adds up its items' each time."""
 
-    __slots__ = ("depth", "items")
+    __slots__ = ("cost", "depth", "holders", "items")
 
     def __init__(self, items: list[Any]) -> None:
         super().__init__(len(items))
         self.items = tuple(items) if len(items) <= ARGS_KEPT else None
-        nested = (item.depth for item in items if type(item) is Tuple)
-        self.depth: int = 1 + max(nested, default=0)
+        self.depth = 1
+        self.cost = 1
+        self.holders: list[Any] | None = None
+
+    @classmethod
+    def copied(cls, size: int) -> Tuple:
+        """The model of a tuple of *size* items that a call copied (its items are not known)."""
+        copy = cls([])
+        copy.size = size
+        copy.items = None
+        return copy
+
+
+class Frozen(Sized):
+    """The model of a frozenset, or of a tuple a call built: immutable, so ``holders`` stays
+    None unless it holds what can deepen. A frozenset caches its hash, a call's tuple is
+    costed as the iterable it copies."""
+
+    __slots__ = ("cost", "depth", "holders")
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__(size)
+        self.depth = 1
+        self.cost = 1
+        self.holders: list[Any] | None = None
 
 
 class Opaque:
@@ -104,13 +139,48 @@ class Opaque:
         return f"<{self.what}>"
 
 
-#: The result of a call the model does not follow, a persistent ID or an out-of-band buffer.
-ANY = Opaque("an object built by a call the vetting pass does not model")
+class Made(Opaque):
+    """The result of a call the model does not follow (an instance of an allowed class, what
+    an allowed function returned): one per call, so that BUILD and the nesting of what it
+    holds are seen per object. Hashing it is costed as what it was given (a slice's hash
+    hashes its parts; a frozen dataclass's, its fields)."""
+
+    __slots__ = ("built", "cost", "depth", "holders")
+    what = "an object built by a call the vetting pass does not model"
+
+    def __init__(self) -> None:
+        self.depth = 1
+        self.cost = 1
+        self.holders: list[Any] | None = []
+        self.built = False
+
+
+class Long(Opaque):
+    """An int of 2**63 or more: only what hashing it costs is kept (CPython does not cache an
+    int's hash: each use as a key hashes all its digits again)."""
+
+    __slots__ = ("cost",)
+    what = "an int of 2**63 or more, which the vetting pass does not model"
+
+    def __init__(self, value: int) -> None:
+        self.cost = value.bit_length() // 30 + 1
+
+
+#: The models of objects that hold others.
+NESTS = frozenset({Box, Tuple, Frozen, Made})
+#: The models whose hashing costs more than one object.
+COSTED = NESTS | {Long}
+#: Work figures saturate here (a hash cost can be exponential in the pickle's size).
+COST_CAP = 1 << 62
+
+#: A persistent ID or an out-of-band buffer's object: what `persistent_load` or ``buffers=``
+#: return, which the pickle did not build.
+ANY = Opaque("an object the pickle names but did not build (a persistent ID or a buffer)")
 #: A global that is not in `CALLABLES`: the allowlist lets it through, calls of it are trusted.
 FOREIGN = Opaque("a global")
 #: A memo entry that was never put (the unpickler will fail on it).
 MISSING = Opaque("a missing memo entry")
-#: Literal ints are modelled below this magnitude (a longer one is `ANY`: not kept, and a
+#: Literal ints are modelled below this magnitude (a longer one is a `Long`: not kept, and a
 #: size or range bound that large is refused).
 BIG = 1 << 63
 _SIZES = tuple(Sized(size) for size in range(256))  # shared: immutable, and common
@@ -134,7 +204,7 @@ def length(value: Any) -> int:
         if value.size is None:
             raise Unsized("a range whose bounds are not literal ints below 2**63")
         return value.size
-    if value is None or type(value) in (int, bool):
+    if value is None or type(value) in (int, bool, float):
         return 0
     raise Unsized(value.what if isinstance(value, Opaque) else "a global")
 
@@ -232,11 +302,13 @@ def call_arguments(args: Any, kwargs: Any = None) -> tuple[Any, ...] | None:
 
 @dataclass(frozen=True)
 class ModelledCallable:
-    """A global whose calls the model sizes: *model* (or *forward*, for the copyreg helpers)."""
+    """A global whose calls the model sizes: *model* (or *forward*, for the copyreg helpers);
+    *hashes*: the call hashes the items of what it is given (a set, a dict's keys)."""
 
     name: str
     model: Model | None = None
     forward: Forward | None = None
+    hashes: bool = False
 
 
 def _table() -> dict[Pair, ModelledCallable]:
@@ -249,8 +321,8 @@ def _table() -> dict[Pair, ModelledCallable]:
         ("collections", "defaultdict"): _copy(Box, position=1),
     }
     for pair, result in [
-        (("builtins", "set"), Box), (("builtins", "frozenset"), sized),
-        (("builtins", "list"), Box), (("builtins", "tuple"), sized),
+        (("builtins", "set"), Box), (("builtins", "frozenset"), Frozen),
+        (("builtins", "list"), Box), (("builtins", "tuple"), Tuple.copied),
         (("builtins", "dict"), Box), (("builtins", "dict.fromkeys"), Box),
         (("builtins", "sorted"), Box), (("collections", "deque"), Box),
         (("collections", "OrderedDict"), Box), (("collections", "OrderedDict.fromkeys"), Box),
@@ -258,7 +330,13 @@ def _table() -> dict[Pair, ModelledCallable]:
     ]:  # fmt: skip
         models[pair] = _copy(result)
     models[("codecs", "encode")] = models[("_codecs", "encode")]
-    table = {pair: ModelledCallable(".".join(pair), model) for pair, model in models.items()}
+    hashing = {("builtins", name) for name in ("set", "frozenset", "dict", "dict.fromkeys")}
+    hashing |= {("collections", name) for name in ("defaultdict", "OrderedDict", "Counter")}
+    hashing |= {("collections", "OrderedDict.fromkeys")}
+    table = {
+        pair: ModelledCallable(".".join(pair), model, hashes=pair in hashing)
+        for pair, model in models.items()
+    }
     for name, forward in [
         ("_reconstructor", _reconstructor), ("__newobj__", _newobj), ("__newobj_ex__", _newobj_ex),
     ]:  # fmt: skip

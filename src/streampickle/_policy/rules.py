@@ -15,9 +15,16 @@ from .model import (
     ANY,
     ARGS_KEPT,
     BIG,
+    COST_CAP,
+    COSTED,
     EMPTY_TUPLE,
+    FOREIGN,
     KEPT_STRINGS,
+    NESTS,
     Box,
+    Frozen,
+    Long,
+    Made,
     Memo,
     ModelledCallable,
     Sized,
@@ -57,15 +64,19 @@ class Rules:
         self.marks: list[int] = []
         self.memo_writes = 0
         self.built = 0  # items and bytes that the modelled calls build
+        self.work = 0  # objects hashed, and steps of tracking nesting (see `charge_work`)
+        self.end = origin  # stream offset of the end of the opcode being checked
         self.max_opcodes = _or_max(limits.max_opcodes)
         self.max_stack_depth = _or_max(limits.max_stack_depth)
         self.max_nesting = _or_max(limits.max_nesting)
+        self.max_work = _or_max(limits.max_work)
 
     def check(self, name: str, arg: Any, start: int, end: int) -> None:
         """Raise `PolicyViolation` if the opcode *name* at ``[start, end)`` is refused,
         `LimitExceeded` if it exceeds a limit, ``UnpicklingError`` if it underflows the stack."""
         if name in _FRAMING or start < self.frame_end < end:
             self._check_framing(name, arg, start, end)
+        self.end = end
         self.opcodes += 1
         if self.opcodes > self.max_opcodes:
             self.limits.check("pickle", self.opcodes, "max_opcodes", unit="opcodes")
@@ -143,10 +154,120 @@ class Rules:
         if len(self.stack) - count < self.fence:
             self._underflow(name, start)
 
-    def grow(self, target: Any, items: int) -> None:
-        """APPEND(S)/SETITEM(S)/ADDITEMS added *items* to the container modelled by *target*."""
-        if type(target) is Box and target.size is not None:
-            target.size += items
+    # -- what objects hold, and what the unpickler does to them ------------------------------
+
+    def mutate(self, name: str, target: Any, start: int) -> bool:
+        """Refuse *name* (APPEND(S), SETITEM(S), ADDITEMS, BUILD) on *target* unless the pickle
+        built it and no BUILD has set its state yet; ``True`` if the model follows what it
+        holds (a `Box` or `Made`; on anything else the unpickler fails by itself)."""
+        kind = type(target)
+        if kind is Box or kind is Made:
+            if target.built:
+                self._refuse(
+                    f"{name} at position {start} changes an object after a BUILD set its "
+                    "state: the pickler writes BUILD last, and a BUILD can give the object "
+                    "attributes that shadow the methods the unpickler calls (append, extend, "
+                    "add, __setstate__)",
+                    start,
+                )
+            return True
+        if target is FOREIGN or kind is ModelledCallable:
+            self._refuse(
+                f"{name} at position {start} applies to a global (a class, function or "
+                "module-level object): it would change it for the whole process",
+                start,
+            )
+        if target is ANY:
+            self._refuse(
+                f"{name} at position {start} applies to {ANY.what}: a restricted load only "
+                "changes objects the pickle built",
+                start,
+            )
+        return False
+
+    def contain(self, target: Any, items: Any, costs: bool = True) -> None:
+        """*target* (a `NESTS` model) now holds *items* as well: it is deeper than each, and
+        deepens with them. *costs*: hashing (or copying) *target* visits what *items* cost."""
+        nested = [item for item in items if type(item) in COSTED]
+        cost = len(items) - len(nested)
+        deepest = 0
+        live = False
+        for item in nested:
+            cost += item.cost
+            if type(item) is not Long:
+                if item.depth > deepest:
+                    deepest = item.depth
+                holders = item.holders
+                if holders is not None:
+                    holders.append(target)
+                    live = True
+        if costs:
+            target.cost = min(target.cost + cost, COST_CAP)
+        if live and target.holders is None:
+            target.holders = []
+        if deepest >= target.depth:
+            self.deepen(target, deepest + 1)
+
+    def deepen(self, node: Any, depth: int) -> None:
+        """*node* is now *depth* containers deep, and what holds it one more a level.
+
+        The walk up its holders relaxes each one whose depth grows (exact where references
+        do not form cycles); a holder already on the walk's path is a cycle (a pickle writes
+        one as a reference to a container still being filled) and is not walked again.
+        `LimitExceeded` past max_nesting; each holder visited is a step of work."""
+        self._check_depth(depth)
+        node.depth = depth
+        if not node.holders:
+            return
+        path = {id(node)}
+        walks = [(node, iter(node.holders))]
+        steps = 0
+        while walks:
+            child, holders = walks[-1]
+            need = child.depth + 1
+            for holder in holders:
+                steps += 1
+                if need > holder.depth and id(holder) not in path:
+                    self._check_depth(need)
+                    holder.depth = need
+                    if holder.holders:
+                        path.add(id(holder))
+                        walks.append((holder, iter(holder.holders)))
+                        break
+            else:
+                walks.pop()
+                path.discard(id(child))
+            if steps >= _WORK_BATCH:
+                self.charge_work("tracking how deep objects nest", steps)
+                steps = 0
+        self.charge_work("tracking how deep objects nest", steps)
+
+    def _check_depth(self, depth: int) -> None:
+        if depth > self.max_nesting:
+            self.limits.check("container nesting", depth, "max_nesting", unit="levels")
+
+    def hash(self, items: Any, start: int) -> None:
+        """The unpickler hashes *items* (dict keys, set members): charge what that visits
+        beyond one object each (CPython caches the hash of a str, bytes or frozenset, not a
+        tuple's or an int's)."""
+        cost = sum([item.cost - 1 for item in items if type(item) in COSTED])
+        if cost:
+            self.charge_work(f"hashing keys or set members, the last at position {start}", cost)
+
+    def charge_work(self, what: str, steps: int) -> None:
+        """Add *steps* to the work of this pickle; `LimitExceeded` if that exceeds
+        `WORK_PER_BYTE` per byte received by more than max_work."""
+        self.work = min(self.work + steps, COST_CAP)
+        received = self.end - self.origin
+        beyond = self.work - WORK_PER_BYTE * received
+        if beyond > self.max_work:
+            self.limits.check(
+                f"work ({what}) beyond {WORK_PER_BYTE} steps a byte of the {received} bytes "
+                "received",
+                beyond,
+                "max_work",
+                unit="steps",
+            )
 
     @staticmethod
     def _underflow(name: str, start: int) -> NoReturn:
@@ -168,9 +289,9 @@ class Rules:
         its arguments are not known or cannot be sized, or if copyreg helpers call each other
         more than `_MAX_HOPS` deep (*hops* counts them)."""
         if type(func) is not ModelledCallable:
-            if func is ANY and args is not None:  # a call's result called: size it crudely
+            if type(func) is Made and args is not None:  # a call's result called: size it
                 self.charge("a call of a call's result", _crude_size(args), start, end)
-            return ANY  # FOREIGN: a global the allowlist trusts
+            return Made()  # FOREIGN: a global the allowlist trusts
         if args is None:
             self._refuse(
                 f"{func.name} at position {start} is called with keyword arguments or more "
@@ -185,6 +306,8 @@ class Rules:
                 return self.call(*func.forward(args), start, end, hops + 1)
             assert func.model is not None
             built, result = func.model(args)
+            if func.hashes:
+                self.hash(args, start)
         except Unsized as exc:
             self._refuse(
                 f"{func.name} at position {start} is given {exc}: a restricted load cannot "
@@ -212,6 +335,9 @@ class Rules:
 
 #: How deep copyreg helpers may call each other (one level is what pickles need).
 _MAX_HOPS = 4
+#: The work a pickle may cost per byte received (see `Rules.charge_work`), beyond max_work.
+WORK_PER_BYTE = 16
+_WORK_BATCH = 4096  # steps of a nesting walk between checks of the work
 
 
 def _crude_size(args: tuple[Any, ...]) -> int:
@@ -271,31 +397,42 @@ def _builder(count: int | None, build: Callable[[list[Any]], Any]) -> Handler:
     return handle
 
 
-def _tuple_builder(count: int | None) -> Handler:
-    """TUPLE/TUPLE1-3: a tuple, nested at most ``max_nesting`` tuples deep."""
-    build = _builder(count, Tuple)
+def _container(
+    count: int | None, make: Callable[[list[Any]], Any], hashed: int = 0, costs: bool = True
+) -> Handler:
+    """TUPLE/TUPLE1-3, LIST, DICT, FROZENSET: a container of the items popped (*count*, or
+    those above the mark), at most ``max_nesting`` deep. *hashed*: every item (1) or every
+    other one (2, a dict's keys) is hashed; *costs*: see `Rules.contain`."""
 
     def handle(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
-        build(rules, name, arg, start, end)
-        depth = rules.stack[-1].depth
-        if depth > rules.max_nesting:
-            rules.limits.check("tuple nesting", depth, "max_nesting", unit="levels")
+        items = rules.pop_mark(name, start) if count is None else rules.pop(count, name, start)
+        made = make(items)
+        rules.contain(made, items, costs)
+        if hashed:
+            rules.hash(items[::hashed], start)
+        rules.stack.append(made)
 
     return handle
 
 
-def _grower(count: int | None, per_item: int = 1) -> Handler:
+def _grower(count: int | None, per_item: int = 1, hashed: int = 0) -> Handler:
     """APPEND/SETITEM (*count* items) and APPENDS/SETITEMS/ADDITEMS (those above the mark)
-    add to the container below them."""
+    add to the container below them; *hashed* as for `_container`."""
 
     def handle(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
         if count is None:
-            items = len(rules.pop_mark(name, start, below=1))
+            items = rules.pop_mark(name, start, below=1)
         else:
             rules.need(count + 1, name, start)
+            items = rules.stack[-count:]
             del rules.stack[-count:]
-            items = count
-        rules.grow(rules.stack[-1], items // per_item)
+        target = rules.stack[-1]
+        if rules.mutate(name, target, start):
+            if type(target) is Box and target.size is not None:
+                target.size += len(items) // per_item
+            rules.contain(target, items)
+        if hashed:
+            rules.hash(items[::hashed], start)
 
     return handle
 
@@ -326,28 +463,42 @@ def _pop(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
         rules.pop(1, name, start)
 
 
-def _pop_only(count: int) -> Handler:
-    """BUILD and READONLY_BUFFER: they need *count* items and pop all but one."""
+def _build(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    """BUILD sets the state of the object below it, once, after everything else."""
+    rules.need(2, name, start)
+    state = rules.stack.pop()
+    target = rules.stack[-1]
+    if rules.mutate(name, target, start):
+        target.built = True
+        rules.contain(target, (state,))
 
-    def handle(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
-        rules.need(count, name, start)
-        del rules.stack[len(rules.stack) - count + 1 :]
 
-    return handle
+def _readonly_buffer(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.need(1, name, start)
 
 
 def _stack_global(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
     rules.stack.append(model_global(*rules.pop(2, name, start)))
 
 
+def _push_result(rules: Rules, result: Any, arguments: Any) -> None:
+    """Push what a call returned; a container or object holds what it was given (a
+    frozenset's hash is cached: hashing it costs one object)."""
+    kind = type(result)
+    if kind in NESTS:
+        rules.contain(result, arguments, costs=kind is not Frozen)
+    rules.stack.append(result)
+
+
 def _reduce(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
     func, args = rules.pop(2, name, start)
-    rules.stack.append(rules.call(func, call_arguments(args), start, end))
+    _push_result(rules, rules.call(func, call_arguments(args), start, end), (args,))
 
 
 def _reduce_ex(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
     func, args, kwargs = rules.pop(3, name, start)
-    rules.stack.append(rules.call(func, call_arguments(args, kwargs), start, end))
+    result = rules.call(func, call_arguments(args, kwargs), start, end)
+    _push_result(rules, result, (args, kwargs))
 
 
 def _obj(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
@@ -355,13 +506,13 @@ def _obj(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
     if not items:
         rules._underflow(name, start)
     args = tuple(items[1:]) if len(items) <= ARGS_KEPT + 1 else None
-    rules.stack.append(rules.call(items[0], args, start, end))
+    _push_result(rules, rules.call(items[0], args, start, end), items[1:])
 
 
 def _inst(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
     items = rules.pop_mark(name, start)
     args = tuple(items) if len(items) <= ARGS_KEPT else None
-    rules.stack.append(rules.call(model_global(*arg.split(" ", 1)), args, start, end))
+    _push_result(rules, rules.call(model_global(*arg.split(" ", 1)), args, start, end), items)
 
 
 def _stop(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
@@ -387,7 +538,7 @@ def _unknown_opcode(rules: Rules, name: str, arg: Any, start: int, end: int) -> 
     rules.stack.extend(ANY for _ in opcode.stack_after)
 
 
-_push_int = _pusher(lambda arg: arg if -BIG < arg < BIG else ANY)
+_push_int = _pusher(lambda arg: arg if -BIG < arg < BIG else Long(arg))
 _push_text = _payload_pusher(sized, text=True)
 _TEXT_OPCODES = ["STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE"]
 _TEXT_OPCODES += ["SHORT_BINUNICODE", "BINUNICODE8"]
@@ -402,27 +553,27 @@ _MODEL: dict[str, Handler] = {
     "BYTEARRAY8": _payload_pusher(Box),
     **dict.fromkeys(["EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"], _pusher(lambda arg: Box(0))),
     "EMPTY_TUPLE": _pusher(lambda arg: EMPTY_TUPLE),
-    "TUPLE": _tuple_builder(None),
-    "TUPLE1": _tuple_builder(1),
-    "TUPLE2": _tuple_builder(2),
-    "TUPLE3": _tuple_builder(3),
-    "LIST": _builder(None, lambda items: Box(len(items))),
-    "DICT": _builder(None, lambda items: Box(len(items) // 2)),
-    "FROZENSET": _builder(None, lambda items: sized(len(items))),
+    "TUPLE": _container(None, Tuple),
+    "TUPLE1": _container(1, Tuple),
+    "TUPLE2": _container(2, Tuple),
+    "TUPLE3": _container(3, Tuple),
+    "LIST": _container(None, lambda items: Box(len(items))),
+    "DICT": _container(None, lambda items: Box(len(items) // 2), hashed=2),
+    "FROZENSET": _container(None, lambda items: Frozen(len(items)), hashed=1, costs=False),
     "BINPERSID": _builder(1, lambda items: ANY),
     "APPEND": _grower(1),
     "APPENDS": _grower(None),
-    "SETITEM": _grower(2, per_item=2),
-    "SETITEMS": _grower(None, per_item=2),
-    "ADDITEMS": _grower(None),
+    "SETITEM": _grower(2, per_item=2, hashed=2),
+    "SETITEMS": _grower(None, per_item=2, hashed=2),
+    "ADDITEMS": _grower(None, hashed=1),
     **dict.fromkeys(["PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"], _put),
     **dict.fromkeys(["GET", "BINGET", "LONG_BINGET"], _get),
     "DUP": _dup,
     "MARK": _mark,
     "POP": _pop,
     "POP_MARK": _pop_mark,
-    "BUILD": _pop_only(2),
-    "READONLY_BUFFER": _pop_only(1),
+    "BUILD": _build,
+    "READONLY_BUFFER": _readonly_buffer,
     "STOP": _stop,
     "GLOBAL": _pusher(lambda arg: model_global(*arg.split(" ", 1))),
     "STACK_GLOBAL": _stack_global,

@@ -338,3 +338,33 @@ def test_what_the_standard_pickler_writes_still_loads() -> None:
         loaded = streampickle.loads(pickle.dumps([od, node], protocol), allow=ALLOW_OLD)
         assert loaded[0] == od and loaded[0].note == "an attribute"
         assert loaded[1].next.next is None and loaded[1].extra == {"k": [1, 2]}
+
+
+# -- class 5: memory that outlives refused pickles --------------------------------------------
+
+
+def unknown_encoding(index: int) -> bytes:
+    """``_codecs.encode("", <100 kB name>)``, a LookupError (under ALLOW_BUILTINS)."""
+    return (
+        PROTO + glob("_codecs", "encode") + text("") + text(f"{index:06d}" + "e" * 100_000)
+        + TUPLE2 + REDUCE + STOP
+    )  # fmt: skip
+
+
+def test_refused_calls_leave_no_process_wide_state() -> None:
+    import encodings
+
+    cache: dict[str, Any] = encodings._cache
+    before = len(cache)
+    with pytest.raises(LookupError):  # the control: each unknown name is cached for good
+        pickle.loads(unknown_encoding(0))
+    assert len(cache) == before + 1
+    cache.popitem()
+    for index in range(1, 20):
+        with pytest.raises(PolicyViolation, match="encoding other than latin-1"):
+            streampickle.loads(unknown_encoding(index), allow=ALLOW_BUILTINS)
+    assert len(cache) == before
+    # What protocols 0-2 write for bytes and bytearrays still loads.
+    for protocol in range(3):
+        data = pickle.dumps([b"\x00\xffabc", bytearray(b"\x80xyz")], protocol)
+        assert streampickle.loads(data, allow=ALLOW_BUILTINS) == [b"\x00\xffabc", b"\x80xyz"]

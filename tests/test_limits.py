@@ -280,8 +280,8 @@ AMPLIFIERS: dict[str, Callable[[int], bytes]] = {
     "frozenset copies of a set": lambda n: copies(call(builtin("set"), range_of(1000)),
                                                   builtin("frozenset"), 1000, n),
     "_codecs.encode copies": lambda n: copies(
-        call(stack_global("_codecs", "encode"), big_text(100), b"\x8c\x08utf_16be"),
-        builtin("bytearray"), 200, n),
+        call(stack_global("_codecs", "encode"), big_text(100), b"\x8c\x05utf-8"),
+        builtin("bytearray"), 100, n),
 }  # fmt: skip
 
 

@@ -37,9 +37,9 @@ from .allowlist import Pair, map_python2
 #   is sized by the range's length; a range whose bounds are not literal ints below 2**63 has
 #   no known length, and a modelled call fed one is refused.
 # * ``_codecs.encode(obj, encoding, errors)``: output per input character up to ~92 bytes
-#   (``errors="namereplace"``: ``\N{...}``) plus headers (bz2). Sized as its input for
-#   latin-1/ASCII with strict errors (what protocols 0-2 write), 4x for UTF-8, otherwise
-#   `_WORST_CODEC_FACTOR`x plus `_WORST_CODEC_OVERHEAD`.
+#   (``errors="namereplace"``: ``\N{...}``) plus headers (bz2), and each unknown encoding
+#   name is cached for good. Sized as its input for latin-1/ASCII with strict errors (what
+#   protocols 0-2 write), 4x for UTF-8; any other encoding or error handler is refused.
 # * ``decimal.Decimal``: its digits are as long as the string or digit tuple it parses (an
 #   exponent costs nothing: ``Decimal("1e999999999")`` is small). Sized as that length; an int
 #   argument is below 2**63 (longer ints are not modelled, and refused here).
@@ -210,19 +210,23 @@ def length(value: Any) -> int:
 
 
 #: Output bytes per input character of ``str.encode`` with strict errors, for the encodings
-#: pickles use; any other encoding or error handler gets the worst factor of the codecs.
+#: pickles use (protocols 0-2 write ``bytes`` and ``bytearray`` as latin-1 text). No other
+#: encoding or error handler is accepted: besides output up to ~100 bytes a character
+#: (``errors="namereplace"``), looking up a name that is not a codec caches it in
+#: ``encodings._cache`` for the life of the process, so refused calls would still cost memory.
 _CODEC_FACTORS = dict.fromkeys(
     ["latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "ascii", "us-ascii"], 1
 ) | dict.fromkeys(["utf-8", "utf8", "utf_8"], 4)
-_WORST_CODEC_FACTOR = 100  # "\N{...}" of the longest character name (88) is 92 bytes
-_WORST_CODEC_OVERHEAD = 1024  # headers: bz2 writes ~40 bytes for one byte
 
 
 def _encoded_size(source: Any, encoding: Any = "utf-8", errors: Any = "strict") -> int:
     size = length(source)
     factor = _CODEC_FACTORS.get(encoding) if errors == "strict" else None
     if factor is None:
-        return size * _WORST_CODEC_FACTOR + _WORST_CODEC_OVERHEAD
+        raise Unsized(
+            "an encoding other than latin-1, ASCII or UTF-8, or errors other than strict "
+            "(CPython caches each encoding name looked up for the life of the process)"
+        )
     return size * factor
 
 

@@ -580,6 +580,14 @@ BYTE_LIMIT_DRIVERS: dict[str, Callable[..., Any]] = {
     "aload": _aload,
 }
 _FRAMED = pickle.dumps([b"x" * 5000, "y" * 3000], 5)
+CLAIM = 100 << 20  # what the claims below make plain pickle allocate
+
+
+def in_frame(framed: bytes, after: bytes = b"") -> bytes:
+    """PROTO 5, a FRAME holding *framed*, then *after*."""
+    return b"\x80\x05\x95" + struct.pack("<Q", len(framed)) + framed + after
+
+
 _TEXT = pickle.dumps("z" * 3000, 0)
 #: (pickle, limits, the LimitExceeded message); the last two are hostile length claims.
 BYTE_LIMIT_CASES: dict[str, tuple[bytes, dict[str, int], str]] = {
@@ -600,6 +608,33 @@ BYTE_LIMIT_CASES: dict[str, tuple[bytes, dict[str, int], str]] = {
         {"max_object_size": 1 << 20},
         "BINBYTES8 payload of 1099511627776 bytes exceeds max_object_size (1048576)",
     ),
+    # Claims the unpickler reads from a frame it holds (issue 13, class 8): it allocates them
+    # before it asks for the payload, so the guard checks each when the frame arrives.
+    "claim in a frame": (
+        in_frame(b"\x8e" + struct.pack("<Q", CLAIM), b"xx"),
+        {"max_object_size": 1 << 20},
+        f"BINBYTES8 payload of {CLAIM} bytes exceeds max_object_size (1048576)",
+    ),
+    "4-byte claim in a frame": (
+        in_frame(b"X" + struct.pack("<I", CLAIM), b"xx"),
+        {"max_object_size": 1 << 20},
+        f"BINUNICODE payload of {CLAIM} bytes exceeds max_object_size (1048576)",
+    ),
+    "bytearray claim after framed data": (
+        in_frame(b"\x8c\x01a\x94" + b"\x96" + struct.pack("<Q", CLAIM), b"xx"),
+        {"max_object_size": 1 << 20},
+        f"BYTEARRAY8 payload of {CLAIM} bytes exceeds max_object_size (1048576)",
+    ),
+    "claim cut by its frame": (
+        in_frame(b"\x8e", struct.pack("<Q", CLAIM) + b"xx"),
+        {"max_object_size": 1 << 20},
+        f"BINBYTES8 payload of {CLAIM} bytes exceeds max_object_size (1048576)",
+    ),
+    "claim at protocol 3": (
+        b"\x80\x03B" + struct.pack("<I", CLAIM) + b"xx",
+        {"max_object_size": 1 << 20},
+        f"BINBYTES payload of {CLAIM} bytes exceeds max_object_size (1048576)",
+    ),
 }
 
 
@@ -616,6 +651,21 @@ def test_byte_limits_hold_without_allow_in_every_driver(driver: str, case: str) 
         tracemalloc.stop()
     assert refused.value.limit == next(iter(limits))
     assert peak < 1 << 20  # refused before anything of the claimed size was allocated
+
+
+@pytest.mark.parametrize(
+    "case", ["claim in a frame", "bytearray claim after framed data", "claim at protocol 3"]
+)
+def test_claims_make_plain_pickle_allocate(case: str) -> None:
+    # The control of the claims the unpickler reads from its own buffer.
+    tracemalloc.start()
+    try:
+        with pytest.raises(pickle.UnpicklingError):
+            pickle.loads(BYTE_LIMIT_CASES[case][0])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak >= CLAIM
 
 
 @pytest.mark.parametrize("driver", list(BYTE_LIMIT_DRIVERS))

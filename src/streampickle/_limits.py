@@ -10,12 +10,13 @@ walk that only restricted loading does.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from ._exceptions import LimitExceeded
-from ._opcodes import FRAME, LENGTH_FIELDS, framed
+from ._opcodes import FRAME, LENGTH_FIELDS, length_claims
 from ._sansio import Peek, Read, ReadInto, ReadLine, Request
 
 __all__ = [
@@ -220,6 +221,7 @@ def _unbundled(allow: object, options: LimitOptions) -> LimitOptions:
 # ---------------------------------------------------------------------------------------------
 # The byte guard
 
+_PREALLOCATED = ("BINBYTES", "BINBYTES8", "BYTEARRAY8")
 #: Opcodes followed by a length checked before the unpickler allocates: FRAME, and the payloads
 #: with a 4- or 8-byte length (a 1-byte length cannot claim much). Opcode -> (what, field).
 _CLAIMS = {
@@ -229,28 +231,34 @@ _CLAIMS = {
 }
 
 
+#: The opcodes whose length the unpickler parses and then allocates before it reads what
+#: follows (BINBYTES, BINBYTES8, BYTEARRAY8 read into a buffer of the claimed size; FRAME has
+#: its own limit). Read-ahead (`Peek`) data is cut before any byte that could be one of them,
+#: so that it, and its length, reach the unpickler by `Read`s the guard checks. A cut inside
+#: a payload only shortens the read-ahead.
+_ALLOCATING = frozenset({FRAME} | {LENGTH_FIELDS[name].code for name in _PREALLOCATED})
+_ALLOCATING_BYTE = re.compile(b"[" + re.escape(bytes(sorted(_ALLOCATING))) + b"]")
+
+
 class _Guard:
     """The state of one pickle's byte checks (see `guard`)."""
 
-    __slots__ = ("ahead", "consumed", "head", "last", "limits", "peeking")
+    __slots__ = ("consumed", "frame", "last", "limits")
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.consumed = 0
-        self.head = b""  # the pickle's first two bytes, once read
-        self.peeking = False  # Peek requests go on to the driver
-        self.ahead = False  # the driver answered one with data: reads are no longer per field
         self.last: int | None = None  # the byte the last Read(1) returned
+        self.frame = 0  # the size of the frame whose bytes the next Read returns
 
     def before(self, size: int) -> None:
         self.limits.check("pickle", self.consumed + size, "max_object_size")
 
     def read(self, data: bytes) -> None:
         """Vet a `Read` reply before the unpickler acts on it."""
-        if self.ahead:
-            pass  # the unpickler parses from peeked data: its reads are not opcode by opcode
+        if self.frame:
+            self._check_frame(data)
         elif len(data) == 1:
-            self._choose_mode(data)
             self.last = data[0]
         else:
             self._check_length(data)
@@ -263,14 +271,6 @@ class _Guard:
         self.last = None
         self.consumed += len(data)
 
-    def _choose_mode(self, data: bytes) -> None:
-        # Peek (read-ahead) only for pickles that do not start with PROTO 4 or 5: in read-ahead
-        # data a length header is parsed, and its buffer allocated, by the C unpickler before
-        # it asks for the payload, so it could not be checked in time.
-        if self.consumed < 2:
-            self.head += data
-            self.peeking = framed(self.head) is False
-
     def _check_length(self, data: bytes) -> None:
         # The request after Read(1) of a length opcode is Read(width): its length header. The
         # pairing is unambiguous: a 1-byte *argument* read is followed by the next opcode or
@@ -279,6 +279,7 @@ class _Guard:
         if last == FRAME and len(data) == 8:
             what, size = "frame", int.from_bytes(data, "little")
             self.limits.check(what, size, "max_frame_size")
+            self.frame = size  # the unpickler reads it next, whole (0: it reads nothing)
         else:
             claim = _CLAIMS.get(last) if last is not None else None
             if claim is None or len(data) != claim[1].width:
@@ -286,6 +287,17 @@ class _Guard:
             what, size = claim[0], claim[1].decode(data)
         self.limits.check(what, size, "max_object_size")
         self.before(len(data) + size)
+
+    def _check_frame(self, data: bytes) -> None:
+        # The unpickler parses a frame from its own buffer, allocating what a length in it
+        # claims before it asks for more: check every claim now. A length field cut by the
+        # frame's end is read next, as a Read of its width.
+        self.frame = 0
+        claims, cut = length_claims(data)
+        for name, size, offset in claims:
+            self.limits.check(f"{name} payload", size, "max_object_size")
+            self.limits.check("pickle", self.consumed + offset + size, "max_object_size")
+        self.last = cut
 
 
 def guard(requests: Generator[Request, Any, Any], limits: Limits) -> Generator[Request, Any, Any]:
@@ -298,10 +310,13 @@ def guard(requests: Generator[Request, Any, Any], limits: Limits) -> Generator[R
     at most one byte more than the limit). `LimitExceeded` is raised into the driver's
     ``send``; *requests* is always closed.
 
-    `Peek` requests reach the driver only for pickles that do not start with PROTO 4 or 5;
-    for the others the guard answers them empty, so the unpickler reads every opcode outside
-    frames, and every length, with a `Read` the guard sees (frames are read whole, so that costs
-    a few requests per frame).
+    Read-ahead (`Peek`) data is cut before the opcodes whose claimed length the unpickler
+    allocates (see `_ALLOCATING`), so those opcodes and their lengths come by `Read`s the
+    guard checks; a frame is read whole, and the lengths its opcodes claim are checked
+    (`length_claims`) before the unpickler parses it. Read-ahead data is also cut to
+    ``max_line_length`` bytes, so that the unpickler reads any longer line by `ReadLine`.
+    Cost: at protocols 4-5 a walk over each frame's opcodes (about the unpickler's own time again for small objects); at protocols
+    0-3 a few requests more per ``bytes`` object.
     """
     state = _Guard(limits)
     longest = limits.max_line_length
@@ -311,8 +326,17 @@ def guard(requests: Generator[Request, Any, Any], limits: Limits) -> Generator[R
         while True:
             request = requests.send(reply)
             if type(request) is Peek:
-                reply = (yield request) if state.peeking else b""
-                state.ahead = state.ahead or bool(reply)
+                if state.last in _ALLOCATING:
+                    reply = b""  # the length comes next: the unpickler must Read it
+                else:
+                    reply = yield request
+                    if longest is not None:  # so that no whole line in it is longer
+                        reply = reply[:longest]
+                    cut = _ALLOCATING_BYTE.search(reply)
+                    if cut is not None:
+                        reply = reply[: cut.start()]
+                    if reply:
+                        state.last = None  # the unpickler parses on from read-ahead data
             elif type(request) is Read:
                 state.before(request.size)
                 reply = yield request

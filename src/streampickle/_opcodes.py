@@ -96,6 +96,64 @@ LONGEST_FIXED_ARGUMENT = max(
 Opcodes = Generator[tuple[Any, Any, int, int], None, None]
 
 
+def _argument_table() -> dict[int, int | LengthField]:
+    """Opcode byte -> the bytes of its fixed-width argument, the newlines that end it (as
+    -1 or -2), or its `LengthField`."""
+    table: dict[int, int | LengthField] = {}
+    for opcode in pickletools.opcodes:
+        code = opcode.code.encode("latin-1")[0]
+        if opcode.name in LENGTH_FIELDS:
+            table[code] = LENGTH_FIELDS[opcode.name]
+        elif opcode.arg is None:
+            table[code] = 0
+        elif opcode.arg.n >= 0:
+            table[code] = opcode.arg.n
+        else:  # up to a newline; GLOBAL and INST take two lines
+            table[code] = -2 if opcode.arg.name == "stringnl_noescape_pair" else -1
+    return table
+
+
+_ARGUMENTS = _argument_table()
+
+
+def length_claims(data: bytes) -> tuple[list[tuple[str, int, int]], int | None]:
+    """The payload lengths of 4 or 8 bytes that the opcodes in *data* (a frame) claim, as
+    ``(opcode name, length, offset of the payload)`` (the last may claim past *data*: a
+    payload that follows its frame); and the byte of a length opcode whose length field runs
+    past *data* (its length is read after the frame), or None. Stops at an opcode it does not
+    know, or a negative length. A fast walk over opcode boundaries: arguments are not decoded."""
+    arguments = _ARGUMENTS
+    claims: list[tuple[str, int, int]] = []
+    position, end = 0, len(data)
+    while position < end:
+        code = data[position]
+        argument = arguments.get(code)
+        position += 1
+        if type(argument) is int:
+            if argument >= 0:
+                position += argument
+                continue
+            for _ in range(-argument):
+                newline = data.find(b"\n", position)
+                if newline < 0:
+                    return claims, None
+                position = newline + 1
+        elif argument is None:
+            break
+        else:
+            assert isinstance(argument, LengthField)
+            header = position + argument.width
+            if header > end:
+                return claims, code if argument.width >= 4 else None
+            size = argument.decode(data[position:header])
+            if size < 0:
+                break
+            if argument.width >= 4:
+                claims.append((argument.name, size, header))
+            position = header + size
+    return claims, None
+
+
 def _read_line(file: Any) -> bytes:
     line: bytes = file.readline()
     if not line.endswith(b"\n"):

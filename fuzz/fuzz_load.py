@@ -5,7 +5,8 @@
 
 Needs the ``fuzz`` extra (``pip install '.[fuzz]'``); not run in CI. With no corpus directory
 on the command line it uses ``fuzz/corpus/``, seeded on first use with pickles of builtin data
-at every protocol. Each input is loaded restricted (`ALLOW_BUILTINS`, small limits) through
+at every protocol and with the attacks of tests/hostile.py (small). Each input is loaded
+restricted (the presets and the attacks' class, small limits) through
 ``loads``, and every fourth through ``aload`` too, over an anyio stream. The property: only
 ``UnpicklingError`` (or a subclass) and ``EOFError`` come out; any other exception, a crash or
 a hang (libFuzzer's ``-timeout``, 25 s by default) is a finding, and memory beyond
@@ -30,7 +31,16 @@ with atheris.instrument_imports():
 
     import streampickle
 
-POLICY = streampickle.ALLOW_BUILTINS | streampickle.ALLOW_DATETIME | streampickle.ALLOW_DECIMAL
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+import hostile  # the attacks of the attack tests, as seeds
+
+POLICY = (
+    streampickle.ALLOW_BUILTINS
+    | streampickle.ALLOW_COLLECTIONS
+    | streampickle.ALLOW_DATETIME
+    | streampickle.ALLOW_DECIMAL
+    | [(hostile.ME, "Node"), ("builtins", "tuple")]
+)
 #: Small limits keep each input fast; they are what bounds time and memory per input.
 LIMITS: dict[str, Any] = {
     "max_frame_size": 1 << 16,
@@ -61,6 +71,17 @@ def seed_corpus() -> None:
             if len(data) < 4096:  # libFuzzer's default -max_len; the big one seeds framing
                 (CORPUS / f"seed-{protocol}-{index}").write_bytes(data)
     (CORPUS / "seed-framed-big").write_bytes(pickle.dumps(SEEDS[-1][:3000], 5))
+    attacks = {f"deep-{shape}": build(60) for shape, build in hostile.DEEP.items()}
+    attacks |= {
+        "exponential-key": hostile.exponential_key(40),
+        "rehashed-int": hostile.rehashed_int(600, 200),
+        "colliding-keys": hostile.colliding_keys(100),
+        "shadowed-append": hostile.shadowed("append", 1 << 20),
+        "shadowed-setstate": hostile.shadowed("__setstate__", 1 << 20),
+        "unknown-encoding": hostile.unknown_encoding(0, 100),
+    }
+    for name, data in attacks.items():
+        (CORPUS / f"seed-attack-{name.replace(' ', '-')}").write_bytes(data)
 
 
 async def aload(data: bytes) -> Any:

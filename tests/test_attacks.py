@@ -3,8 +3,8 @@ crashes CPython, hashing that takes hours, calls the model does not see), each w
 the same bytes through plain ``pickle`` (restricted to the same allowlist where it matters),
 showing that the attack is live.
 
-The payloads are built opcode by opcode; the controls that crash or hang run in a child
-process."""
+The payloads are built opcode by opcode (tests/hostile.py); the controls that crash or hang
+run in a child process."""
 
 from __future__ import annotations
 
@@ -13,65 +13,39 @@ import pickle
 import subprocess
 import sys
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import hostile
+import hostile_numpy
 import streampickle
+from hostile import PROTO, glob, text
 from streampickle import (
     ALLOW_BUILTINS,
     ALLOW_COLLECTIONS,
+    ALLOW_NUMPY,
     LimitExceeded,
     PolicyViolation,
 )
 
-ME = __name__
-
-
-class Node:
-    """A user's class, allowed by name."""
-
-    def __init__(self, next: Any = None) -> None:
-        self.next = next
-
-
-ALLOW = ALLOW_BUILTINS | ALLOW_COLLECTIONS | [(ME, "Node"), ("builtins", "tuple")]
+ALLOW = ALLOW_BUILTINS | ALLOW_COLLECTIONS | [(hostile.ME, "Node"), ("builtins", "tuple")]
 #: What instances need at protocols 0 and 1.
 ALLOW_OLD = ALLOW | [("copyreg", "_reconstructor"), ("builtins", "object")]
 
 
-# -- a small pickle assembler -----------------------------------------------------------------
-
-
-def glob(module: str, name: str) -> bytes:
-    return b"c" + f"{module}\n{name}\n".encode()
-
-
-def put(index: int) -> bytes:
-    return b"q" + bytes([index])
-
-
-def get(index: int) -> bytes:
-    return b"h" + bytes([index])
-
-
-def text(value: str) -> bytes:
-    return b"X" + len(value).to_bytes(4, "little") + value.encode()
-
-
-PROTO = b"\x80\x02"
-EMPTY_TUPLE, EMPTY_LIST, EMPTY_DICT = b")", b"]", b"}"
-REDUCE, NEWOBJ, BUILD, APPEND, SETITEM, POP, STOP = b"R", b"\x81", b"b", b"a", b"s", b"0", b"."
-TUPLE1, TUPLE2, MARK, FROZENSET, NONE = b"\x85", b"\x86", b"(", b"\x91", b"N"
-
-
-def run_plain(data: bytes, timeout: float, allow_collections: bool = False) -> int | None:
+def run_plain(data: bytes, timeout: float) -> int | None:
     """Load *data* with plain ``pickle`` in a child process: its return code (negative: killed
     by a signal), or None if it was still running after *timeout* seconds."""
     script = "import pickle, sys; obj = pickle.loads(sys.stdin.buffer.read()); del obj"
     try:
         done = subprocess.run(
-            [sys.executable, "-c", script], input=data, capture_output=True, timeout=timeout
+            [sys.executable, "-c", script],
+            input=data,
+            capture_output=True,
+            timeout=timeout,
+            cwd=Path(__file__).parent,  # the instances' class is importable there
         )
     except subprocess.TimeoutExpired:
         return None
@@ -80,55 +54,12 @@ def run_plain(data: bytes, timeout: float, allow_collections: bool = False) -> i
 
 # -- class 1: nesting that never grows the stack ----------------------------------------------
 #
-# Each payload below builds a chain LEVELS deep with a stack a few items deep: bottom-up (each
-# level made from the one below) or top-down (a container filled with a new, empty one, which
-# is then filled in turn through the memo). CPython frees a chain of deques (and of
-# defaultdicts) and hashes a chain of tuples (and, from 3.12, of slices) by C recursion without
-# a recursion check: ~100,000 levels crash it with SIGSEGV.
+# CPython frees a chain of deques (and of defaultdicts) and hashes a chain of tuples (and, from
+# 3.12, of slices) by C recursion without a recursion check: ~100,000 levels crash it with
+# SIGSEGV. Each payload builds a chain LEVELS deep with a stack a few items deep.
 
 LEVELS = 150_000
-
-
-def top_down(make: bytes, add: bytes, prefix: bytes = b"") -> bytes:
-    """``make`` pushes an empty container; ``add`` adds the top item to the one below it."""
-    level = make + put(2) + add + POP + get(2)
-    return PROTO + prefix + make + put(1) + level * LEVELS + POP + get(1) + STOP
-
-
-def bottom_up(start: bytes, wrap: bytes, prefix: bytes = b"", levels: int = LEVELS) -> bytes:
-    """``wrap`` pushes a container holding memo 1 (the level below)."""
-    return PROTO + prefix + start + (put(1) + POP + wrap) * levels + STOP
-
-
-def callable_in_memo(module: str, name: str) -> bytes:
-    return glob(module, name) + put(0) + POP
-
-
-def call_of_list(item: bytes) -> bytes:
-    """memo 0 called with a list of *item*."""
-    return get(0) + EMPTY_LIST + item + APPEND + TUPLE1 + REDUCE
-
-
-DEQUES = callable_in_memo("collections", "deque")
-NEW_DEQUE = get(0) + EMPTY_TUPLE + REDUCE
-DEEP = {
-    "deques top-down": top_down(NEW_DEQUE, APPEND, DEQUES),
-    "deques bottom-up": bottom_up(NEW_DEQUE, call_of_list(get(1)), DEQUES),
-    "lists top-down": top_down(EMPTY_LIST, APPEND),
-    "dicts top-down": top_down(b"K\x00" + EMPTY_DICT, SETITEM),
-    "tuple() calls": bottom_up(
-        EMPTY_TUPLE, call_of_list(get(1)), callable_in_memo("builtins", "tuple")
-    ),
-    "slices": bottom_up(
-        NONE, get(0) + get(1) + TUPLE1 + REDUCE, callable_in_memo("builtins", "slice")
-    ),
-    "frozensets": bottom_up(MARK + FROZENSET, MARK + get(1) + FROZENSET),
-    "instances": bottom_up(
-        NONE,
-        get(0) + EMPTY_TUPLE + NEWOBJ + EMPTY_DICT + text("next") + get(1) + SETITEM + BUILD,
-        callable_in_memo(ME, "Node"),
-    ),
-}
+DEEP = {shape: build(LEVELS) for shape, build in hostile.DEEP.items()}
 
 
 @pytest.mark.parametrize("shape", DEEP)
@@ -151,7 +82,7 @@ def test_plain_pickle_builds_the_deep_chains(shape: str) -> None:
     obj = pickle.loads(DEEP[shape])
     depth = 0
     while obj:
-        obj = obj.next if isinstance(obj, Node) else next(iter(obj))
+        obj = obj.next if isinstance(obj, hostile.Node) else next(iter(obj))
         depth += 1
     assert depth >= LEVELS
 
@@ -159,19 +90,19 @@ def test_plain_pickle_builds_the_deep_chains(shape: str) -> None:
 def test_data_within_the_nesting_limit_loads() -> None:
     chain: Any = None
     for _ in range(240):  # a Node and its __dict__ per level: 480 containers
-        chain = Node(chain)
+        chain = hostile.Node(chain)
     loaded = streampickle.loads(pickle.dumps(chain, 5), allow=ALLOW)
     depth = 0
     while loaded is not None:
         loaded, depth = loaded.next, depth + 1
     assert depth == 240
     # 500 lists (the C pickler cannot write them: it recurses).
-    lists = bottom_up(EMPTY_LIST, EMPTY_LIST + get(1) + APPEND, levels=499)
+    lists = hostile.DEEP["lists bottom-up"](499)
     loaded = streampickle.loads(lists, allow=[])
     for _ in range(499):
         loaded = loaded[0]
     assert loaded == []
-    one_more = bottom_up(EMPTY_LIST, EMPTY_LIST + get(1) + APPEND, levels=500)
+    one_more = hostile.DEEP["lists bottom-up"](500)
     with pytest.raises(LimitExceeded, match="max_nesting"):
         streampickle.loads(one_more, allow=[])
     assert streampickle.loads(one_more, allow=[], max_nesting=501) == pickle.loads(one_more)
@@ -192,29 +123,20 @@ def test_cycles_load_at_their_real_depth() -> None:
         walk = walk[0]
     assert walk is loaded
     # A tree whose nodes point back to their parents: depth 3 levels, 3 containers each way.
-    root = Node()
-    root.children = [Node() for _ in range(50)]  # type: ignore[attr-defined]
+    root = hostile.Node()
+    root.children = [hostile.Node() for _ in range(50)]  # type: ignore[attr-defined]
     for child in root.children:  # type: ignore[attr-defined]
         child.next = root
-        child.children = [Node(child) for _ in range(20)]
+        child.children = [hostile.Node(child) for _ in range(20)]
     loaded = streampickle.loads(pickle.dumps(root, 5), allow=ALLOW)
     assert loaded.children[7].children[3].next.next is loaded
 
 
 # -- class 2: hashing that costs more than the bytes ------------------------------------------
 
-#: A dict key of tuples of tuples sharing their halves: 61 levels, 2**61 tuples to hash.
-EXPONENTIAL_KEY = (
-    PROTO + EMPTY_DICT + EMPTY_TUPLE + put(0) + POP + (get(0) * 2 + TUPLE2 + put(0) + POP) * 60
-    + get(0) + NONE + SETITEM + STOP
-)  # fmt: skip
-#: A 1 MB int, used as a dict key 100,000 times through the memo: CPython hashes all its
-#: digits each time.
-BIG_INT = (1 << (8 * 1_000_000 - 1)) + 12345
-REHASHED_INT = (
-    PROTO + EMPTY_DICT + pickle.dumps(BIG_INT, 2)[2:-1] + put(0) + POP
-    + (get(0) + NONE + SETITEM) * 100_000 + STOP
-)  # fmt: skip
+#: A 492-byte key of 2**61 tuples; a 1 MB int used as a key 100,000 times.
+EXPONENTIAL_KEY = hostile.exponential_key(60)
+REHASHED_INT = hostile.rehashed_int(1_000_000, 100_000)
 
 
 @pytest.mark.parametrize("payload", [EXPONENTIAL_KEY, REHASHED_INT], ids=["exponential", "rehash"])
@@ -235,16 +157,7 @@ def test_shared_keys_of_real_data_stay_within_the_work_limit() -> None:
 # -- class 3: calls the model does not see ----------------------------------------------------
 
 ZERO_FILL = 100_000_000
-ORDERED_DICT = glob("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE
-SHADOW = {
-    # BUILD gives an OrderedDict an attribute "append"; APPEND then calls it.
-    "append": PROTO + ORDERED_DICT + EMPTY_DICT + text("append") + glob("builtins", "bytearray")
-    + SETITEM + BUILD + b"J" + ZERO_FILL.to_bytes(4, "little") + APPEND + STOP,
-    # A first BUILD gives it __setstate__; a second BUILD calls it.
-    "__setstate__": PROTO + ORDERED_DICT + EMPTY_DICT + text("__setstate__")
-    + glob("builtins", "bytearray") + SETITEM + BUILD + b"J" + ZERO_FILL.to_bytes(4, "little")
-    + BUILD + STOP,
-}  # fmt: skip
+SHADOW = {method: hostile.shadowed(method, ZERO_FILL) for method in ("append", "__setstate__")}
 
 
 class PresetsOnly(pickle.Unpickler):
@@ -288,11 +201,9 @@ class Target:
 def test_build_on_a_global_is_refused() -> None:
     import io
 
-    payload = (
-        PROTO + glob(ME, "Target") + NONE + EMPTY_DICT + text("flag") + text("changed") + SETITEM
-        + TUPLE2 + BUILD + STOP
-    )  # fmt: skip
-    allow = [(ME, "Target")]
+    state = hostile.EMPTY_DICT + text("flag") + text("changed") + hostile.SETITEM
+    payload = PROTO + glob(__name__, "Target") + b"N" + state + b"\x86b."  # TUPLE2 BUILD STOP
+    allow = [(__name__, "Target")]
 
     class Control(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
@@ -313,7 +224,7 @@ def test_persistent_objects_are_not_changed() -> None:
     import io
 
     shared: list[Any] = []
-    payload = PROTO + b"Pshared\n" + b"K\x07" + APPEND + STOP
+    payload = PROTO + b"Pshared\n" + b"K\x07a."  # PERSID, BININT1 7, APPEND, STOP
 
     def load(unpickler_class: type[Any], **options: Any) -> Any:
         class Loader(unpickler_class):  # type: ignore[misc]
@@ -332,7 +243,7 @@ def test_persistent_objects_are_not_changed() -> None:
 def test_what_the_standard_pickler_writes_still_loads() -> None:
     od: Any = collections.OrderedDict(a=1)
     od.note = "an attribute"
-    node = Node(Node())
+    node = hostile.Node(hostile.Node())
     node.extra = {"k": [1, 2]}  # type: ignore[attr-defined]
     for protocol in range(6):
         loaded = streampickle.loads(pickle.dumps([od, node], protocol), allow=ALLOW_OLD)
@@ -343,28 +254,91 @@ def test_what_the_standard_pickler_writes_still_loads() -> None:
 # -- class 5: memory that outlives refused pickles --------------------------------------------
 
 
-def unknown_encoding(index: int) -> bytes:
-    """``_codecs.encode("", <100 kB name>)``, a LookupError (under ALLOW_BUILTINS)."""
-    return (
-        PROTO + glob("_codecs", "encode") + text("") + text(f"{index:06d}" + "e" * 100_000)
-        + TUPLE2 + REDUCE + STOP
-    )  # fmt: skip
-
-
 def test_refused_calls_leave_no_process_wide_state() -> None:
     import encodings
 
     cache: dict[str, Any] = encodings._cache
     before = len(cache)
     with pytest.raises(LookupError):  # the control: each unknown name is cached for good
-        pickle.loads(unknown_encoding(0))
+        pickle.loads(hostile.unknown_encoding(0, 100_000))
     assert len(cache) == before + 1
     cache.popitem()
     for index in range(1, 20):
         with pytest.raises(PolicyViolation, match="encoding other than latin-1"):
-            streampickle.loads(unknown_encoding(index), allow=ALLOW_BUILTINS)
+            streampickle.loads(hostile.unknown_encoding(index, 100_000), allow=ALLOW_BUILTINS)
     assert len(cache) == before
     # What protocols 0-2 write for bytes and bytearrays still loads.
     for protocol in range(3):
         data = pickle.dumps([b"\x00\xffabc", bytearray(b"\x80xyz")], protocol)
         assert streampickle.loads(data, allow=ALLOW_BUILTINS) == [b"\x00\xffabc", b"\x80xyz"]
+
+
+# -- class 2, continued: keys whose hashes collide --------------------------------------------
+
+
+def test_colliding_pairs_collide() -> None:
+    pairs = hostile.colliding_pairs(50)
+    assert len(set(pairs)) == 50 and len({hash(pair) for pair in pairs}) == 1
+
+
+def test_colliding_keys_are_refused() -> None:
+    payload = hostile.colliding_keys(20_000)
+    assert run_plain(payload, timeout=5) is None  # the control: quadratic, still inserting
+    with pytest.raises(LimitExceeded) as info:
+        streampickle.loads(payload, allow=[])
+    assert info.value.limit == "max_work"
+    # The same number of ordinary tuple, float and big-int keys loads.
+    keys: list[Any] = [(index, index * 7919 % 10007) for index in range(20_000)]
+    keys += [index / 3 for index in range(20_000)] + [2**64 + index for index in range(20_000)]
+    ordinary = dict.fromkeys(keys)
+    assert streampickle.loads(pickle.dumps(ordinary, 2), allow=[]) == ordinary
+    assert streampickle.loads(pickle.dumps(set(keys), 5), allow=[]) == set(keys)
+
+
+# -- class 4: numpy, the vetted way -----------------------------------------------------------
+
+np = pytest.importorskip("numpy")
+
+
+def numpy_samples() -> list[Any]:
+    return [
+        np.arange(10.0), np.arange(6, dtype="i4").reshape(2, 3), np.zeros(3, bool),
+        np.asfortranarray(np.ones((3, 4))), np.array(5.0), np.arange(10)[::2],
+        np.arange(4, dtype=">f8"), np.zeros(0), np.ones(3, "c16"), np.ones(2, "f2"),
+        np.arange(24).reshape(2, 3, 4).transpose(2, 0, 1), np.float64(1.5), np.int64(3),
+        np.uint8(7), np.bool_(True),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("protocol", range(2, 6))
+def test_numpy_data_loads_under_the_numpy_preset(protocol: int) -> None:
+    for sample in numpy_samples():
+        data = pickle.dumps(sample, protocol)
+        expected, loaded = pickle.loads(data), streampickle.loads(data, allow=ALLOW_NUMPY)
+        assert type(loaded) is type(expected) and loaded.dtype == expected.dtype
+        assert np.array_equal(loaded, expected)
+        if isinstance(expected, np.ndarray):
+            assert loaded.flags == expected.flags
+    # What required_globals finds for numpy data is what the preset allows.
+    pairs = streampickle.required_globals(pickle.dumps(numpy_samples(), protocol))
+    assert set(pairs) <= ALLOW_NUMPY.pairs
+
+
+@pytest.mark.parametrize("name", hostile_numpy.CRASH)
+def test_crafted_numpy_states_are_refused(name: str) -> None:
+    with pytest.raises(PolicyViolation):
+        streampickle.loads(hostile_numpy.CRASH[name], allow=ALLOW_NUMPY)
+
+
+@pytest.mark.parametrize("name", hostile_numpy.CRASH_ON_LOAD)
+def test_crafted_numpy_states_crash_plain_pickle(name: str) -> None:
+    assert (run_plain(hostile_numpy.CRASH[name], timeout=60) or 0) < 0  # the control
+
+
+def test_numpy_refusals_name_the_preset() -> None:
+    data = pickle.dumps(np.arange(3), 5)
+    with pytest.raises(streampickle.ForbiddenGlobal, match=r"use streampickle\.ALLOW_NUMPY"):
+        streampickle.loads(data, allow=[])
+    for dtype in (object, "M8[D]", [("a", "f8")], "U3"):
+        with pytest.raises(PolicyViolation, match="a dtype other than a number or boolean"):
+            streampickle.loads(pickle.dumps(np.zeros(2, dtype), 4), allow=ALLOW_NUMPY)

@@ -18,6 +18,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import hostile
 import streampickle
 from netutil import HANG_GUARD, while_sending
 from streampickle import ALLOW_BUILTINS, ALLOW_COLLECTIONS, Allowlist
@@ -42,11 +43,9 @@ DOCUMENTED = (pickle.UnpicklingError, EOFError)
 MEMORY_BOUND = 8 << 20
 
 
-@st.composite
-def mutated_pickles(draw: st.DrawFn) -> bytes:
-    """A pickle of builtin data at any protocol, with a few bytes flipped, inserted, deleted,
-    or repeated, or cut short."""
-    data = bytearray(pickle.dumps(draw(BUILTIN_DATA), draw(st.integers(0, 5))))
+def mutate(draw: st.DrawFn, pickled: bytes) -> bytes:
+    """*pickled* with a few bytes flipped, inserted, deleted, or repeated, or cut short."""
+    data = bytearray(pickled)
     for _ in range(draw(st.integers(1, 4))):
         position = draw(st.integers(0, len(data)))
         kind = draw(st.sampled_from(["flip", "insert", "delete", "repeat", "cut"]))
@@ -61,6 +60,53 @@ def mutated_pickles(draw: st.DrawFn) -> bytes:
         else:
             del data[position:]
     return bytes(data)
+
+
+@st.composite
+def mutated_pickles(draw: st.DrawFn) -> bytes:
+    """A pickle of builtin data at any protocol, mutated (`mutate`)."""
+    return mutate(draw, pickle.dumps(draw(BUILTIN_DATA), draw(st.integers(0, 5))))
+
+
+@st.composite
+def hostile_pickles(draw: st.DrawFn) -> bytes:
+    """One of the attacks of tests/hostile.py, at a random size, mutated half the time: deep
+    chains of every kind, exponential and rehashed keys, colliding keys, shadowed methods,
+    unknown encodings."""
+    kind = draw(st.sampled_from(["deep", "exponential", "rehash", "collide", "shadow", "codec"]))
+    if kind == "deep":
+        data = hostile.DEEP[draw(st.sampled_from(sorted(hostile.DEEP)))](draw(st.integers(1, 700)))
+    elif kind == "exponential":
+        data = hostile.exponential_key(draw(st.integers(1, 64)))
+    elif kind == "rehash":
+        data = hostile.rehashed_int(draw(st.integers(9, 4000)), draw(st.integers(1, 3000)))
+    elif kind == "collide":
+        data = hostile.colliding_keys(draw(st.integers(1, 1500)))
+    elif kind == "shadow":
+        method = draw(st.sampled_from(["append", "extend", "add", "__setstate__"]))
+        data = hostile.shadowed(method, draw(st.integers(0, 1 << 26)))
+    else:
+        data = hostile.unknown_encoding(draw(st.integers(0, 999)), draw(st.integers(0, 2000)))
+    return mutate(draw, data) if draw(st.booleans()) else data
+
+
+#: The attacks' policy: the presets, the class the instance chains use, tuple() for its chains.
+HOSTILE_POLICY = POLICY | Allowlist([(hostile.ME, "Node"), ("builtins", "tuple")])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=hostile_pickles())
+def test_attacks_of_any_size_raise_only_documented_errors(data: bytes) -> None:
+    """The invariants under the default limits, whatever the attack's size: only documented
+    errors, memory proportional to the input (and the process alive: crashes end the run)."""
+    tracemalloc.start()
+    try:
+        with contextlib.suppress(*DOCUMENTED):
+            streampickle.loads(data, allow=HOSTILE_POLICY)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < MEMORY_BOUND + 50 * len(data)
 
 
 #: What the generated calls call: every callable of POLICY that takes a size or an iterable.
@@ -89,7 +135,10 @@ def call_pickles(draw: st.DrawFn) -> bytes:
 
 
 PICKLES = (
-    mutated_pickles() | st.binary(max_size=300).map(lambda raw: b"\x80\x04" + raw) | call_pickles()
+    mutated_pickles()
+    | st.binary(max_size=300).map(lambda raw: b"\x80\x04" + raw)
+    | call_pickles()
+    | hostile_pickles()
 )
 
 

@@ -40,7 +40,14 @@ from ._exceptions import AuthenticationError, ForbiddenGlobal, LimitExceeded, Po
 from ._globals import required_globals
 from ._limits import Limits
 from ._pickler import Pickler, dump, dumps, iter_dumps
-from ._policy import ALLOW_BUILTINS, ALLOW_COLLECTIONS, ALLOW_DATETIME, ALLOW_DECIMAL, Allowlist
+from ._policy import (
+    ALLOW_BUILTINS,
+    ALLOW_COLLECTIONS,
+    ALLOW_DATETIME,
+    ALLOW_DECIMAL,
+    ALLOW_NUMPY,
+    Allowlist,
+)
 from ._sansio import Chunk, Peek, Read, ReadInto, ReadLine, Request
 from ._stream import PickleStream
 from ._unpickler import Unpickler, drive_load, iter_loads, load, loads
@@ -56,6 +63,7 @@ __all__ = [
     "ALLOW_COLLECTIONS",
     "ALLOW_DATETIME",
     "ALLOW_DECIMAL",
+    "ALLOW_NUMPY",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_PROTOCOL",
     "HIGHEST_PROTOCOL",

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 from ._globals import opcodes_and_globals
 from ._opcodes import LENGTH_FIELDS, PICKLE_STARTS
-from ._policy import Pair, is_dangerous
+from ._policy import ALLOW_NUMPY, Pair, is_dangerous
 from ._sansio import PIECE_SIZE
 
 __all__ = ["LARGE_PAYLOAD", "SKIP_OVER", "PickleReport", "Stats", "inspect_stream"]
@@ -82,9 +82,15 @@ class PickleReport:
         return [pair for pair in self.globals if is_dangerous(*pair)]
 
     def allowlist_source(self) -> str:
-        """Python source of the `Allowlist` this pickle needs, ready to paste."""
+        """Python source of the `Allowlist` this pickle needs, ready to paste; numpy's globals
+        as `ALLOW_NUMPY`, the preset whose dtype and array states the vetting pass checks."""
         dangerous = ", allow_dangerous=True" if self.dangerous_globals else ""
-        return f"Allowlist({self.globals!r}{dangerous})"
+        if not any(module.split(".")[0] == "numpy" for module, _ in self.globals):
+            return f"Allowlist({self.globals!r}{dangerous})"
+        rest = [pair for pair in self.globals if pair not in ALLOW_NUMPY.pairs]
+        if not rest and not dangerous:
+            return "ALLOW_NUMPY"
+        return f"ALLOW_NUMPY | Allowlist({rest!r}{dangerous})"
 
 
 class _Skipped(bytes):

@@ -315,8 +315,8 @@ def guard(requests: Generator[Request, Any, Any], limits: Limits) -> Generator[R
     guard checks; a frame is read whole, and the lengths its opcodes claim are checked
     (`length_claims`) before the unpickler parses it. Read-ahead data is also cut to
     ``max_line_length`` bytes, so that the unpickler reads any longer line by `ReadLine`.
-    Cost: at protocols 4-5 a walk over each frame's opcodes (about the unpickler's own time again for small objects); at protocols
-    0-3 a few requests more per ``bytes`` object.
+    Cost: at protocols 4-5 a walk over each frame's opcodes (about the unpickler's own time
+    again for small objects); at protocols 0-3 a few requests more per ``bytes`` object.
     """
     state = _Guard(limits)
     longest = limits.max_line_length

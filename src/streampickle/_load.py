@@ -20,6 +20,8 @@ import pickle
 from collections.abc import Generator
 from typing import Any
 
+from anyio.lowlevel import checkpoint
+
 from ._adapters import Source, source_for
 from ._opcodes import PICKLE_STARTS, framed
 from ._sansio import PIECE_SIZE, Peek, Progress, Read, ReadInto, Request
@@ -30,6 +32,10 @@ __all__ = ["READ_AHEAD", "Loader", "open_loader"]
 READ_AHEAD = 1 << 16
 #: How many of a pickle's first bytes a `Loader` keeps (its mode, and error messages).
 HEAD = 16
+#: A load lets other tasks run (an anyio checkpoint) each time it has handed the unpickler
+#: this many bytes, about a frame: answered from read-ahead data, or by a source that had
+#: them buffered, a load would otherwise never wait.
+YIELD_EVERY = 1 << 16
 
 
 class Loader:
@@ -101,13 +107,20 @@ class Loader:
         self._head, self._guarded, self._owned = b"", guarded, owned
         self._choose_mode()
         reply: Any = None
+        unyielded = 0  # bytes handed on since the load last let other tasks run
         try:
             while True:
                 request = requests.send(reply)
-                # Most requests are answered from the buffer, without a coroutine.
+                # Most requests are answered from the buffer, without a coroutine; the loop
+                # still gets a turn about once a frame, however fast the data came.
+                # (a source's own awaits may not: a StreamReader with data buffered).
                 reply = self._answer_buffered(request)
                 if reply is None:
                     reply = await self._answer(request)
+                unyielded += reply if type(reply) is int else len(reply)
+                if unyielded >= YIELD_EVERY:
+                    unyielded = 0
+                    await checkpoint()
         except StopIteration as stop:
             return stop.value
         finally:

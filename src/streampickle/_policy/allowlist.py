@@ -169,7 +169,12 @@ class Allowlist:
                 name,
                 f"is not in the allowlist; to allow it, add ({module!r}, {name!r}) to allow= "
                 "(streampickle.required_globals(data) lists every pair a pickle needs, "
-                "streampickle inspect FILE prints the allowlist)",
+                "streampickle inspect FILE prints the allowlist"
+                + (
+                    "; for numpy data, use streampickle.ALLOW_NUMPY)"
+                    if module == "numpy" or module.startswith("numpy.")
+                    else ")"
+                ),
             )
         sys.audit("pickle.find_class", module, name)
         __import__(module, level=0)
@@ -247,3 +252,13 @@ ALLOW_DATETIME = Allowlist(
 )
 #: ``decimal.Decimal``.
 ALLOW_DECIMAL = Allowlist([("decimal", "Decimal")])
+#: numpy arrays and scalars of number and boolean types, as numpy 1.x and 2.x pickle them at
+#: every protocol (``_reconstruct`` then BUILD; ``_frombuffer`` at protocol 5; ``scalar``).
+#: The vetting pass checks each dtype and array state (see docs/security.md); object,
+#: structured, string and datetime arrays are refused.
+ALLOW_NUMPY = Allowlist(
+    [("numpy", "dtype"), ("numpy", "ndarray"), ("_codecs", "encode"), ("builtins", "bytes")]
+    + [(f"numpy.{core}.multiarray", name) for core in ("core", "_core")
+       for name in ("_reconstruct", "scalar")]
+    + [(f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")]
+)  # fmt: skip

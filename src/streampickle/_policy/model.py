@@ -3,6 +3,7 @@ a restricted load needs to know, and the table of callables whose calls it sizes
 
 from __future__ import annotations
 
+import sys
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ class Box(Sized):
     reference (None once nothing it holds can deepen: it never deepens again); ``cost`` is
     what hashing it, or a copy of it, visits. ``built`` is set by a BUILD on it."""
 
-    __slots__ = ("built", "cost", "depth", "holders")
+    __slots__ = ("built", "cost", "depth", "hashes", "holders")
 
     def __init__(self, size: int | None) -> None:
         super().__init__(size)
@@ -83,6 +84,8 @@ class Box(Sized):
         self.cost = 1
         self.holders: list[Any] | None = []
         self.built = False
+        #: The known hashes of its keys or members, and how many have each (`Accounts.hash`).
+        self.hashes: dict[int, int] | None = None
 
 
 #: A call's arguments are kept in the model of a tuple up to this many (every modelled
@@ -92,10 +95,10 @@ ARGS_KEPT = 8
 
 class Tuple(Sized):
     """The model of a tuple; ``items`` holds its items' models if it has at most `ARGS_KEPT`.
-    ``depth``, ``holders`` and ``cost`` as for `Box`; `Rules.contain` sets them. CPython does
+    ``depth``, ``holders`` and ``cost`` as for `Box`; `Accounts.contain` sets them. CPython does
     not cache a tuple's hash, so its ``cost`` adds up its items' each time."""
 
-    __slots__ = ("cost", "depth", "holders", "items")
+    __slots__ = ("cost", "depth", "hashed", "holders", "items")
 
     def __init__(self, items: list[Any]) -> None:
         super().__init__(len(items))
@@ -103,6 +106,8 @@ class Tuple(Sized):
         self.depth = 1
         self.cost = 1
         self.holders: list[Any] | None = None
+        #: CPython's hash of the tuple, if the model knows its items' (see `known_hash`).
+        self.hashed = tuple_hash(items)
 
     @classmethod
     def copied(cls, size: int) -> Tuple:
@@ -110,6 +115,7 @@ class Tuple(Sized):
         copy = cls([])
         copy.size = size
         copy.items = None
+        copy.hashed = None
         return copy
 
 
@@ -155,19 +161,88 @@ class Made(Opaque):
         self.built = False
 
 
-class Long(Opaque):
-    """An int of 2**63 or more: only what hashing it costs is kept (CPython does not cache an
-    int's hash: each use as a key hashes all its digits again)."""
+class NumpyDtype(Made):
+    """A ``numpy.dtype`` that the model let a call make: a number or boolean type, whose
+    BUILD state must be that of a plain number type (`Rules` checks it)."""
 
-    __slots__ = ("cost",)
+    __slots__ = ()
+
+
+class NumpyArray(Made):
+    """An ndarray that ``numpy.ndarray`` or ``_reconstruct`` made: its BUILD state must be
+    ``(1, shape, dtype, fortran, data)`` with a vetted dtype and the data's bytes (`Rules`)."""
+
+    __slots__ = ()
+
+
+class Long(Opaque):
+    """An int of 2**63 or more: only its hash and what hashing it costs are kept (CPython does
+    not cache an int's hash: each use as a key hashes all its digits again)."""
+
+    __slots__ = ("cost", "hashed")
     what = "an int of 2**63 or more, which the vetting pass does not model"
 
     def __init__(self, value: int) -> None:
         self.cost = value.bit_length() // 30 + 1
+        self.hashed = hash(value)
+
+
+# Hash collisions. A dict or set slows down quadratically when many distinct keys share a hash.
+# CPython randomises the hashes of str and bytes (and so of datetimes), but not of numbers: an
+# int's hash is its value modulo 2**61 - 1, and a tuple's combines its items' hashes by a
+# function a sender can invert, so colliding tuples of small ints are easy to make. The model
+# computes the hash of every key whose hash it can know (ints past 2**61, floats, tuples of
+# those) and charges, for each key, the keys of the same container that share its hash.
+
+_XXPRIME_1 = 11400714785074694791
+_XXPRIME_2 = 14029467366897019727
+_XXPRIME_5 = 2870177450012600261
+_MASK = (1 << 64) - 1
+_SMALL_INT = (1 << 61) - 1  # ints below this hash to themselves: distinct, never colliding
+_HASHES_KNOWN = sys.hash_info.width == 64
+
+
+def tuple_hash(items: list[Any] | tuple[Any, ...]) -> int | None:
+    """CPython's hash of a tuple of *items* (3.8+, 64-bit builds: xxHash's mixing of the
+    items' hashes), if the model knows every item's; else None."""
+    if not _HASHES_KNOWN:
+        return None
+    acc = _XXPRIME_5
+    for item in items:
+        kind = type(item)
+        if kind is int or kind is float or kind is bool:
+            lane = hash(item)
+        elif kind is Tuple or kind is Long:
+            lane = item.hashed
+            if lane is None:
+                return None
+        else:
+            return None
+        acc = (acc + (lane & _MASK) * _XXPRIME_2) & _MASK
+        acc = ((acc << 31) | (acc >> 33)) & _MASK
+        acc = (acc * _XXPRIME_1) & _MASK
+    acc = (acc + (len(items) ^ (_XXPRIME_5 ^ 3527539))) & _MASK
+    if acc == _MASK:
+        return 1546275796
+    return acc - (1 << 64) if acc >> 63 else acc
+
+
+def known_hash(value: Any) -> int | None:
+    """The hash of *value* as a key, if a sender could make it collide and the model knows it
+    (small ints never collide with each other: None for them)."""
+    kind = type(value)
+    if kind is Tuple or kind is Long:
+        hashed: int | None = value.hashed
+        return hashed
+    if kind is float:
+        return hash(value)
+    if kind is int and not -_SMALL_INT < value < _SMALL_INT:
+        return hash(value)
+    return None
 
 
 #: The models of objects that hold others.
-NESTS = frozenset({Box, Tuple, Frozen, Made})
+NESTS = frozenset({Box, Tuple, Frozen, Made, NumpyDtype, NumpyArray})
 #: The models whose hashing costs more than one object.
 COSTED = NESTS | {Long}
 #: Work figures saturate here (a hash cost can be exponential in the pickle's size).
@@ -193,6 +268,10 @@ def sized(size: int) -> Sized:
 
 class Unsized(Exception):
     """A modelled call is given a value whose length the model does not know."""
+
+
+class Refused(Exception):
+    """A modelled call is given arguments the model refuses; the message says why."""
 
 
 def length(value: Any) -> int:
@@ -315,6 +394,115 @@ class ModelledCallable:
     hashes: bool = False
 
 
+# numpy, the vetted way. ``numpy.dtype.__setstate__`` trusts its state (a crafted elsize,
+# alignment, flags, subarray or field offset corrupts memory), object arrays hold pointers that
+# a pickle's raw bytes would forge, and ``ndarray(shape, dtype, buffer, offset, strides)``
+# views memory where the strides say. So under an allowlist the model lets ``numpy.dtype``
+# make only number and boolean types (`NUMPY_DTYPE_SPECS`), whose BUILD state must be a plain
+# number type's; ``numpy.ndarray`` and ``_reconstruct`` take only a shape (and such a dtype),
+# and the items of that shape count as built (``max_expansion``). What numpy then checks itself
+# (the data's length against the shape, in ``ndarray.__setstate__``, ``_frombuffer`` and
+# ``scalar``) is safe for those types.
+
+#: The ``numpy.dtype`` specs a restricted load may make: what numpy pickles its number and
+#: boolean types as (``np.dtype("f8").__reduce__()`` gives ``("f8", False, True)``).
+NUMPY_DTYPE_SPECS = frozenset(
+    [
+        "b1",
+        "i1",
+        "i2",
+        "i4",
+        "i8",
+        "u1",
+        "u2",
+        "u4",
+        "u8",
+        "f2",
+        "f4",
+        "f8",
+        "f16",
+        "c8",
+        "c16",
+        "c32",
+    ]
+)
+#: The byte orders of a plain number type's state.
+_BYTE_ORDERS = frozenset("<>|=")
+_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
+
+
+def _numpy_dtype(args: tuple[Any, ...]) -> tuple[int, Any]:
+    spec = args[0] if args else None
+    if type(spec) is not str or spec not in NUMPY_DTYPE_SPECS:
+        raise Refused(
+            "a dtype other than a number or boolean type (object, structured, void, string "
+            "and datetime dtypes can forge pointers or corrupt memory through their state)"
+        )
+    if len(args) > 3 or not all(type(arg) is bool for arg in args[1:]):
+        raise Refused("arguments other than (spec, align, copy)")
+    return 0, NumpyDtype()
+
+
+def numpy_dtype_state(state: Any) -> bool:
+    """Whether *state* (a BUILD's, on a `NumpyDtype`) is a plain number type's:
+    ``(3, byte order, None, None, None, -1, -1, 0)``."""
+    items = state.items if type(state) is Tuple else None
+    return (
+        items is not None
+        and len(items) == 8
+        and items[0] == 3
+        and type(items[0]) is int
+        and items[1] in _BYTE_ORDERS
+        and items[2:5] == (None, None, None)
+        and items[5:] == (-1, -1, 0)
+        and all(type(item) is int for item in items[5:])
+    )
+
+
+def _shape_size(shape: Any) -> int:
+    """The items of an array of *shape* (an int, or a tuple of ints)."""
+    if type(shape) is int and shape >= 0:
+        return shape
+    items = shape.items if type(shape) is Tuple else None
+    if items is None or not all(type(item) is int and item >= 0 for item in items):
+        raise Unsized("a shape that is not a tuple of at most 8 literal ints")
+    size = 1
+    for item in items:
+        size *= item
+    return size
+
+
+def _numpy_ndarray(args: tuple[Any, ...]) -> tuple[int, Any]:
+    # ndarray(shape[, dtype]): a buffer, offset or strides would view memory anywhere.
+    if not 1 <= len(args) <= 2 or (len(args) == 2 and type(args[1]) is not NumpyDtype):
+        raise Refused("arguments other than a shape and a dtype the vetting pass made")
+    return _shape_size(args[0]), NumpyArray()
+
+
+def _numpy_reconstruct(args: tuple[Any, ...]) -> tuple[int, Any]:
+    # _reconstruct(subtype, shape, dtype): numpy pickles write (ndarray, (0,), b"b").
+    if len(args) != 3 or type(args[2]) is not Sized:
+        raise Refused("arguments other than (array type, shape, typecode bytes)")
+    return _shape_size(args[1]), NumpyArray()
+
+
+def numpy_array_state(state: Any) -> bool:
+    """Whether *state* (a BUILD's, on a `NumpyArray`) is ``(1, shape, dtype, fortran, data)``
+    with a shape of literal ints whose items the data's bytes can hold, a dtype the vetting
+    pass made, and bytes for data (not a list: that is how object arrays are written)."""
+    items = state.items if type(state) is Tuple else None
+    if items is None or len(items) != 5 or items[0] != 1 or type(items[0]) is not int:
+        return False
+    _, shape, dtype, fortran, data = items
+    if type(dtype) is not NumpyDtype or type(fortran) is not bool or type(data) is not Sized:
+        return False
+    try:
+        size = _shape_size(shape)
+    except Unsized:
+        return False
+    return data.size is not None and size <= data.size
+
+
 def _table() -> dict[Pair, ModelledCallable]:
     models: dict[Pair, Model] = {
         ("builtins", "bytes"): _byte_string(sized),
@@ -323,6 +511,9 @@ def _table() -> dict[Pair, ModelledCallable]:
         ("_codecs", "encode"): lambda args: (size := _encoded_size(*args[:3]), sized(size)),
         ("decimal", "Decimal"): _decimal,
         ("collections", "defaultdict"): _copy(Box, position=1),
+        ("numpy", "dtype"): _numpy_dtype,
+        ("numpy", "ndarray"): _numpy_ndarray,
+        **{(module, "_reconstruct"): _numpy_reconstruct for module in _NUMPY_MODULES},
     }
     for pair, result in [
         (("builtins", "set"), Box), (("builtins", "frozenset"), Frozen),
@@ -357,6 +548,8 @@ KEPT_STRINGS = frozenset(
     | {old for old, new in IMPORT_MAPPING.items() if new in {m for m, _ in CALLABLES}}
     | _CODEC_FACTORS.keys()
     | {"strict"}
+    | NUMPY_DTYPE_SPECS
+    | _BYTE_ORDERS
 )
 
 

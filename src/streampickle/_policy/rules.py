@@ -8,17 +8,14 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from .._exceptions import PolicyViolation
 from .._limits import Limits
 from .._opcodes import BY_NAME, LENGTH_FIELDS, MARK, UNFRAMED_HEADERS
+from .accounts import Accounts
 from .model import (
     ANY,
     ARGS_KEPT,
     BIG,
-    COST_CAP,
-    COSTED,
     EMPTY_TUPLE,
-    FOREIGN,
     KEPT_STRINGS,
     NESTS,
     Box,
@@ -27,12 +24,17 @@ from .model import (
     Made,
     Memo,
     ModelledCallable,
+    NumpyArray,
+    NumpyDtype,
+    Refused,
     Sized,
     Tuple,
     Unsized,
     call_arguments,
     length,
     model_global,
+    numpy_array_state,
+    numpy_dtype_state,
     sized,
 )
 
@@ -42,7 +44,7 @@ EXTENSION_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
 MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 
 
-class Rules:
+class Rules(Accounts):
     """Refuses, opcode by opcode in stream order, what a restricted load must not act on, and
     counts what one pickle uses of the opcode `Limits`.
 
@@ -154,130 +156,11 @@ class Rules:
         if len(self.stack) - count < self.fence:
             self._underflow(name, start)
 
-    # -- what objects hold, and what the unpickler does to them ------------------------------
-
-    def mutate(self, name: str, target: Any, start: int) -> bool:
-        """Refuse *name* (APPEND(S), SETITEM(S), ADDITEMS, BUILD) on *target* unless the pickle
-        built it and no BUILD has set its state yet; ``True`` if the model follows what it
-        holds (a `Box` or `Made`; on anything else the unpickler fails by itself)."""
-        kind = type(target)
-        if kind is Box or kind is Made:
-            if target.built:
-                self._refuse(
-                    f"{name} at position {start} changes an object after a BUILD set its "
-                    "state: the pickler writes BUILD last, and a BUILD can give the object "
-                    "attributes that shadow the methods the unpickler calls (append, extend, "
-                    "add, __setstate__)",
-                    start,
-                )
-            return True
-        if target is FOREIGN or kind is ModelledCallable:
-            self._refuse(
-                f"{name} at position {start} applies to a global (a class, function or "
-                "module-level object): it would change it for the whole process",
-                start,
-            )
-        if target is ANY:
-            self._refuse(
-                f"{name} at position {start} applies to {ANY.what}: a restricted load only "
-                "changes objects the pickle built",
-                start,
-            )
-        return False
-
-    def contain(self, target: Any, items: Any, costs: bool = True) -> None:
-        """*target* (a `NESTS` model) now holds *items* as well: it is deeper than each, and
-        deepens with them. *costs*: hashing (or copying) *target* visits what *items* cost."""
-        nested = [item for item in items if type(item) in COSTED]
-        cost = len(items) - len(nested)
-        deepest = 0
-        live = False
-        for item in nested:
-            cost += item.cost
-            if type(item) is not Long:
-                if item.depth > deepest:
-                    deepest = item.depth
-                holders = item.holders
-                if holders is not None:
-                    holders.append(target)
-                    live = True
-        if costs:
-            target.cost = min(target.cost + cost, COST_CAP)
-        if live and target.holders is None:
-            target.holders = []
-        if deepest >= target.depth:
-            self.deepen(target, deepest + 1)
-
-    def deepen(self, node: Any, depth: int) -> None:
-        """*node* is now *depth* containers deep, and what holds it one more a level.
-
-        The walk up its holders relaxes each one whose depth grows (exact where references
-        do not form cycles); a holder already on the walk's path is a cycle (a pickle writes
-        one as a reference to a container still being filled) and is not walked again.
-        `LimitExceeded` past max_nesting; each holder visited is a step of work."""
-        self._check_depth(depth)
-        node.depth = depth
-        if not node.holders:
-            return
-        path = {id(node)}
-        walks = [(node, iter(node.holders))]
-        steps = 0
-        while walks:
-            child, holders = walks[-1]
-            need = child.depth + 1
-            for holder in holders:
-                steps += 1
-                if need > holder.depth and id(holder) not in path:
-                    self._check_depth(need)
-                    holder.depth = need
-                    if holder.holders:
-                        path.add(id(holder))
-                        walks.append((holder, iter(holder.holders)))
-                        break
-            else:
-                walks.pop()
-                path.discard(id(child))
-            if steps >= _WORK_BATCH:
-                self.charge_work("tracking how deep objects nest", steps)
-                steps = 0
-        self.charge_work("tracking how deep objects nest", steps)
-
-    def _check_depth(self, depth: int) -> None:
-        if depth > self.max_nesting:
-            self.limits.check("container nesting", depth, "max_nesting", unit="levels")
-
-    def hash(self, items: Any, start: int) -> None:
-        """The unpickler hashes *items* (dict keys, set members): charge what that visits
-        beyond one object each (CPython caches the hash of a str, bytes or frozenset, not a
-        tuple's or an int's)."""
-        cost = sum([item.cost - 1 for item in items if type(item) in COSTED])
-        if cost:
-            self.charge_work(f"hashing keys or set members, the last at position {start}", cost)
-
-    def charge_work(self, what: str, steps: int) -> None:
-        """Add *steps* to the work of this pickle; `LimitExceeded` if that exceeds
-        `WORK_PER_BYTE` per byte received by more than max_work."""
-        self.work = min(self.work + steps, COST_CAP)
-        received = self.end - self.origin
-        beyond = self.work - WORK_PER_BYTE * received
-        if beyond > self.max_work:
-            self.limits.check(
-                f"work ({what}) beyond {WORK_PER_BYTE} steps a byte of the {received} bytes "
-                "received",
-                beyond,
-                "max_work",
-                unit="steps",
-            )
-
     @staticmethod
     def _underflow(name: str, start: int) -> NoReturn:
         raise pickle.UnpicklingError(
             f"malformed pickle: {name} at position {start} pops more than the stack holds"
         )
-
-    @staticmethod
-    def _refuse(message: str, position: int) -> None:
-        raise PolicyViolation(message, position)
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -289,7 +172,7 @@ class Rules:
         its arguments are not known or cannot be sized, or if copyreg helpers call each other
         more than `_MAX_HOPS` deep (*hops* counts them)."""
         if type(func) is not ModelledCallable:
-            if type(func) is Made and args is not None:  # a call's result called: size it
+            if isinstance(func, Made) and args is not None:  # a call's result called: size it
                 self.charge("a call of a call's result", _crude_size(args), start, end)
             return Made()  # FOREIGN: a global the allowlist trusts
         if args is None:
@@ -308,6 +191,9 @@ class Rules:
             built, result = func.model(args)
             if func.hashes:
                 self.hash(args, start)
+        except Refused as exc:
+            self._refuse(f"{func.name} at position {start} is given {exc}", start)
+            return ANY
         except Unsized as exc:
             self._refuse(
                 f"{func.name} at position {start} is given {exc}: a restricted load cannot "
@@ -335,9 +221,6 @@ class Rules:
 
 #: How deep copyreg helpers may call each other (one level is what pickles need).
 _MAX_HOPS = 4
-#: The work a pickle may cost per byte received (see `Rules.charge_work`), beyond max_work.
-WORK_PER_BYTE = 16
-_WORK_BATCH = 4096  # steps of a nesting walk between checks of the work
 
 
 def _crude_size(args: tuple[Any, ...]) -> int:
@@ -402,14 +285,14 @@ def _container(
 ) -> Handler:
     """TUPLE/TUPLE1-3, LIST, DICT, FROZENSET: a container of the items popped (*count*, or
     those above the mark), at most ``max_nesting`` deep. *hashed*: every item (1) or every
-    other one (2, a dict's keys) is hashed; *costs*: see `Rules.contain`."""
+    other one (2, a dict's keys) is hashed; *costs*: see `Accounts.contain`."""
 
     def handle(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
         items = rules.pop_mark(name, start) if count is None else rules.pop(count, name, start)
         made = make(items)
         rules.contain(made, items, costs)
         if hashed:
-            rules.hash(items[::hashed], start)
+            rules.hash(items[::hashed], start, made)
         rules.stack.append(made)
 
     return handle
@@ -432,7 +315,7 @@ def _grower(count: int | None, per_item: int = 1, hashed: int = 0) -> Handler:
                 target.size += len(items) // per_item
             rules.contain(target, items)
         if hashed:
-            rules.hash(items[::hashed], start)
+            rules.hash(items[::hashed], start, target)
 
     return handle
 
@@ -469,6 +352,18 @@ def _build(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
     state = rules.stack.pop()
     target = rules.stack[-1]
     if rules.mutate(name, target, start):
+        if type(target) is NumpyDtype and not numpy_dtype_state(state):
+            rules._refuse(
+                f"BUILD at position {start} gives a numpy dtype a state other than a plain "
+                "number type's (a crafted dtype state corrupts memory)",
+                start,
+            )
+        if type(target) is NumpyArray and not numpy_array_state(state):
+            rules._refuse(
+                f"BUILD at position {start} gives a numpy array a state other than (1, shape "
+                "of literal ints, a vetted dtype, fortran flag, the data's bytes)",
+                start,
+            )
         target.built = True
         rules.contain(target, (state,))
 
@@ -544,7 +439,8 @@ _TEXT_OPCODES = ["STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICOD
 _TEXT_OPCODES += ["SHORT_BINUNICODE", "BINUNICODE8"]
 _MODEL: dict[str, Handler] = {
     **dict.fromkeys(["INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"], _push_int),
-    **dict.fromkeys(["NONE", "FLOAT", "BINFLOAT"], _pusher(lambda arg: None)),
+    "NONE": _pusher(lambda arg: None),
+    **dict.fromkeys(["FLOAT", "BINFLOAT"], _pusher(lambda arg: arg)),
     "NEWTRUE": _pusher(lambda arg: True),
     "NEWFALSE": _pusher(lambda arg: False),
     **dict.fromkeys(["PERSID", "NEXT_BUFFER"], _pusher(lambda arg: ANY)),

@@ -1,0 +1,174 @@
+"""The accounts a restricted load keeps of what it builds: how deep objects nest and what holds
+them, the work hashing their keys costs, and which objects the unpickler may still change.
+`Rules` keeps them, opcode by opcode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._exceptions import PolicyViolation
+from .._limits import Limits
+from .model import (
+    ANY,
+    COST_CAP,
+    COSTED,
+    FOREIGN,
+    Box,
+    Long,
+    Made,
+    ModelledCallable,
+    Sized,
+    known_hash,
+)
+
+__all__ = ["WORK_PER_BYTE", "Accounts"]
+
+#: The work a pickle may cost per byte received (see `Accounts.charge_work`), beyond max_work.
+WORK_PER_BYTE = 16
+_WORK_BATCH = 4096  # steps of a nesting walk between checks of the work
+#: Keys whose hash a sender cannot make collide (str and bytes hashes are randomised).
+_PLAIN_KEYS = frozenset({str, Sized, type(None), bool})
+
+
+class Accounts:
+    """The accounts of one pickle; `Rules` sets the fields."""
+
+    limits: Limits
+    origin: int  # stream offset where the pickle starts
+    end: int  # stream offset of the end of the opcode being checked
+    work: int
+    max_nesting: int
+    max_work: int
+
+    # -- what objects hold, and what the unpickler does to them ------------------------------
+
+    def mutate(self, name: str, target: Any, start: int) -> bool:
+        """Refuse *name* (APPEND(S), SETITEM(S), ADDITEMS, BUILD) on *target* unless the pickle
+        built it and no BUILD has set its state yet; ``True`` if the model follows what it
+        holds (a `Box` or `Made`; on anything else the unpickler fails by itself)."""
+        kind = type(target)
+        if kind is Box or isinstance(target, Made):
+            if target.built:
+                self._refuse(
+                    f"{name} at position {start} changes an object after a BUILD set its "
+                    "state: the pickler writes BUILD last, and a BUILD can give the object "
+                    "attributes that shadow the methods the unpickler calls (append, extend, "
+                    "add, __setstate__)",
+                    start,
+                )
+            return True
+        if target is FOREIGN or kind is ModelledCallable:
+            self._refuse(
+                f"{name} at position {start} applies to a global (a class, function or "
+                "module-level object): it would change it for the whole process",
+                start,
+            )
+        if target is ANY:
+            self._refuse(
+                f"{name} at position {start} applies to {ANY.what}: a restricted load only "
+                "changes objects the pickle built",
+                start,
+            )
+        return False
+
+    def contain(self, target: Any, items: Any, costs: bool = True) -> None:
+        """*target* (a `NESTS` model) now holds *items* as well: it is deeper than each, and
+        deepens with them. *costs*: hashing (or copying) *target* visits what *items* cost."""
+        nested = [item for item in items if type(item) in COSTED]
+        cost = len(items) - len(nested)
+        deepest = 0
+        live = False
+        for item in nested:
+            cost += item.cost
+            if type(item) is not Long:
+                if item.depth > deepest:
+                    deepest = item.depth
+                holders = item.holders
+                if holders is not None:
+                    holders.append(target)
+                    live = True
+        if costs:
+            target.cost = min(target.cost + cost, COST_CAP)
+        if live and target.holders is None:
+            target.holders = []
+        if deepest >= target.depth:
+            self.deepen(target, deepest + 1)
+
+    def deepen(self, node: Any, depth: int) -> None:
+        """*node* is now *depth* containers deep, and what holds it one more a level.
+
+        The walk up its holders relaxes each one whose depth grows (exact where references
+        do not form cycles); a holder already on the walk's path is a cycle (a pickle writes
+        one as a reference to a container still being filled) and is not walked again.
+        `LimitExceeded` past max_nesting; each holder visited is a step of work."""
+        self._check_depth(depth)
+        node.depth = depth
+        if not node.holders:
+            return
+        path = {id(node)}
+        walks = [(node, iter(node.holders))]
+        steps = 0
+        while walks:
+            child, holders = walks[-1]
+            need = child.depth + 1
+            for holder in holders:
+                steps += 1
+                if need > holder.depth and id(holder) not in path:
+                    self._check_depth(need)
+                    holder.depth = need
+                    if holder.holders:
+                        path.add(id(holder))
+                        walks.append((holder, iter(holder.holders)))
+                        break
+            else:
+                walks.pop()
+                path.discard(id(child))
+            if steps >= _WORK_BATCH:
+                self.charge_work("tracking how deep objects nest", steps)
+                steps = 0
+        self.charge_work("tracking how deep objects nest", steps)
+
+    def _check_depth(self, depth: int) -> None:
+        if depth > self.max_nesting:
+            self.limits.check("container nesting", depth, "max_nesting", unit="levels")
+
+    def hash(self, items: Any, start: int, target: Any = None) -> None:
+        """The unpickler hashes *items* (dict keys, set members) into *target* (a `Box`, or
+        None if unknown): charge what that visits beyond one object each (CPython caches the
+        hash of a str, bytes or frozenset, not a tuple's or an int's), and for a key whose
+        hash the model knows (`known_hash`), the keys of *target* with the same hash, which
+        the container compares it with."""
+        cost = sum([item.cost - 1 for item in items if type(item) in COSTED])
+        if type(target) is Box:
+            for item in items:
+                if type(item) in _PLAIN_KEYS:
+                    continue
+                hashed = known_hash(item)
+                if hashed is not None:
+                    seen = target.hashes
+                    if seen is None:
+                        seen = target.hashes = {}
+                    same = seen.get(hashed, 0)
+                    seen[hashed] = same + 1
+                    cost += same * (item.cost if type(item) in COSTED else 1)
+        if cost:
+            self.charge_work(f"hashing keys or set members, the last at position {start}", cost)
+
+    def charge_work(self, what: str, steps: int) -> None:
+        """Add *steps* to the work of this pickle; `LimitExceeded` if that exceeds
+        `WORK_PER_BYTE` per byte received by more than max_work."""
+        self.work = min(self.work + steps, COST_CAP)
+        received = self.end - self.origin
+        beyond = self.work - WORK_PER_BYTE * received
+        if beyond > self.max_work:
+            self.limits.check(
+                f"work ({what}) beyond {WORK_PER_BYTE} steps a byte of the {received} bytes "
+                "received",
+                beyond,
+                "max_work",
+                unit="steps",
+            )
+
+    @staticmethod
+    def _refuse(message: str, position: int) -> None:
+        raise PolicyViolation(message, position)

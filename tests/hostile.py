@@ -1,0 +1,167 @@
+"""Hostile pickles, built opcode by opcode: the attacks of the untrusted-peers review, as
+functions of their size, for the attack tests (tests/test_attacks.py, at full size, with
+controls), the property tests (tests/test_fuzz.py, small and mutated) and the fuzz harness's
+seeds (fuzz/fuzz_load.py)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+ME = __name__
+
+
+class Node:
+    """A user's class, allowed by name."""
+
+    def __init__(self, next: Any = None) -> None:
+        self.next = next
+
+
+# -- a small pickle assembler -----------------------------------------------------------------
+
+
+def glob(module: str, name: str) -> bytes:
+    return b"c" + f"{module}\n{name}\n".encode()
+
+
+def put(index: int) -> bytes:
+    return b"q" + bytes([index])
+
+
+def get(index: int) -> bytes:
+    return b"h" + bytes([index])
+
+
+def text(value: str) -> bytes:
+    return b"X" + len(value.encode()).to_bytes(4, "little") + value.encode()
+
+
+def binint(value: int) -> bytes:
+    return b"J" + value.to_bytes(4, "little", signed=True)
+
+
+PROTO = b"\x80\x02"
+EMPTY_TUPLE, EMPTY_LIST, EMPTY_DICT = b")", b"]", b"}"
+REDUCE, NEWOBJ, BUILD, APPEND, SETITEM, POP, STOP = b"R", b"\x81", b"b", b"a", b"s", b"0", b"."
+TUPLE1, TUPLE2, MARK, FROZENSET, NONE = b"\x85", b"\x86", b"(", b"\x91", b"N"
+
+
+# -- nesting that never grows the stack -------------------------------------------------------
+#
+# Each builds a chain *levels* deep with a stack a few items deep: bottom-up (each level made
+# from the one below) or top-down (a container filled with a new, empty one, which is then
+# filled in turn through the memo).
+
+
+def top_down(make: bytes, add: bytes, levels: int, prefix: bytes = b"") -> bytes:
+    """``make`` pushes an empty container; ``add`` adds the top item to the one below it."""
+    level = make + put(2) + add + POP + get(2)
+    return PROTO + prefix + make + put(1) + level * levels + POP + get(1) + STOP
+
+
+def bottom_up(start: bytes, wrap: bytes, levels: int, prefix: bytes = b"") -> bytes:
+    """``wrap`` pushes a container holding memo 1 (the level below)."""
+    return PROTO + prefix + start + (put(1) + POP + wrap) * levels + STOP
+
+
+def callable_in_memo(module: str, name: str) -> bytes:
+    return glob(module, name) + put(0) + POP
+
+
+def call_of_list(item: bytes) -> bytes:
+    """memo 0 called with a list of *item*."""
+    return get(0) + EMPTY_LIST + item + APPEND + TUPLE1 + REDUCE
+
+
+_DEQUES = callable_in_memo("collections", "deque")
+_NEW_DEQUE = get(0) + EMPTY_TUPLE + REDUCE
+_NODE_LEVEL = get(0) + EMPTY_TUPLE + NEWOBJ + EMPTY_DICT + text("next") + get(1) + SETITEM + BUILD
+DEEP: dict[str, Callable[[int], bytes]] = {
+    "deques top-down": lambda n: top_down(_NEW_DEQUE, APPEND, n, _DEQUES),
+    "deques bottom-up": lambda n: bottom_up(_NEW_DEQUE, call_of_list(get(1)), n, _DEQUES),
+    "lists top-down": lambda n: top_down(EMPTY_LIST, APPEND, n),
+    "lists bottom-up": lambda n: bottom_up(EMPTY_LIST, EMPTY_LIST + get(1) + APPEND, n),
+    "dicts top-down": lambda n: top_down(b"K\x00" + EMPTY_DICT, SETITEM, n),
+    "tuple() calls": lambda n: bottom_up(
+        EMPTY_TUPLE, call_of_list(get(1)), n, callable_in_memo("builtins", "tuple")
+    ),
+    "slices": lambda n: bottom_up(
+        NONE, get(0) + get(1) + TUPLE1 + REDUCE, n, callable_in_memo("builtins", "slice")
+    ),
+    "frozensets": lambda n: bottom_up(MARK + FROZENSET, MARK + get(1) + FROZENSET, n),
+    "instances": lambda n: bottom_up(NONE, _NODE_LEVEL, n, callable_in_memo(ME, "Node")),
+}
+
+
+# -- hashing that costs more than the bytes ---------------------------------------------------
+
+
+def exponential_key(levels: int) -> bytes:
+    """A dict key of tuples of tuples sharing their halves: 2**levels tuples to hash."""
+    double = get(0) * 2 + TUPLE2 + put(0) + POP
+    return (
+        PROTO + EMPTY_DICT + EMPTY_TUPLE + put(0) + POP + double * levels + get(0) + NONE
+        + SETITEM + STOP
+    )  # fmt: skip
+
+
+def rehashed_int(size: int, uses: int) -> bytes:
+    """An int of *size* bytes used as a dict key *uses* times through the memo: CPython
+    hashes all its digits each time."""
+    value = (1 << (8 * size - 1)) + 12345
+    return (
+        PROTO + EMPTY_DICT + pickle.dumps(value, 2)[2:-1] + put(0) + POP
+        + (get(0) + NONE + SETITEM) * uses + STOP
+    )  # fmt: skip
+
+
+_P1, _P2, _P5 = 11400714785074694791, 14029467366897019727, 2870177450012600261
+_M = (1 << 64) - 1
+
+
+def colliding_pairs(count: int) -> list[tuple[int, int]]:
+    """*count* distinct tuples of two small ints with one hash: CPython's tuple hash is
+    invertible in its last item, so for many first items there is a second that lands on the
+    target (a small int hashes to itself)."""
+    final = hash((0, 0)) & _M
+    acc2 = (final - (2 ^ (_P5 ^ 3527539))) & _M
+    before_rotate = (acc2 * pow(_P1, -1, 1 << 64)) & _M
+    mixed = ((before_rotate >> 31) | (before_rotate << 33)) & _M  # rotate right by 31
+    pairs: list[tuple[int, int]] = []
+    first = 1
+    while len(pairs) < count:
+        lane = (_P5 + first * _P2) & _M
+        acc1 = ((((lane << 31) | (lane >> 33)) & _M) * _P1) & _M
+        second = ((mixed - acc1) * pow(_P2, -1, 1 << 64)) & _M
+        if second < (1 << 61) - 1:
+            pairs.append((first, second))
+        first += 1
+    return pairs
+
+
+def colliding_keys(count: int) -> bytes:
+    return pickle.dumps(dict.fromkeys(colliding_pairs(count)), 2)
+
+
+# -- calls the model does not see -------------------------------------------------------------
+
+_ORDERED_DICT = glob("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE
+
+
+def shadowed(method: str, fill: int) -> bytes:
+    """BUILD gives an OrderedDict the attribute *method* (``bytearray``); a later APPEND
+    (``append``) or BUILD (``__setstate__``) calls it with *fill*."""
+    state = EMPTY_DICT + text(method) + glob("builtins", "bytearray") + SETITEM
+    call = APPEND if method == "append" else BUILD
+    return PROTO + _ORDERED_DICT + state + BUILD + binint(fill) + call + STOP
+
+
+# -- state that outlives a pickle -------------------------------------------------------------
+
+
+def unknown_encoding(index: int, length: int) -> bytes:
+    """``_codecs.encode("", <an unknown encoding name of *length*>)``."""
+    name = f"{index:06d}" + "e" * length
+    return PROTO + glob("_codecs", "encode") + text("") + text(name) + TUPLE2 + REDUCE + STOP

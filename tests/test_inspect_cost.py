@@ -120,3 +120,25 @@ def test_linear_work(
     assert small_work <= small_ops
     assert large_work <= large_ops
     assert large_work <= 2 * small_work + 16
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x80\x04N" + b"\x94" * 200_000 + b".",  # MEMOIZE
+        b"\x80\x04N" + b"".join(b"r" + struct.pack("<I", i) for i in range(40_000)) + b".",
+        b"\x80\x04" + b"(" * 200_000 + b".",  # MARK
+        b"\x80\x04" + b"N" * 200_000 + b".",
+    ],
+    ids=["memoize", "long-binput", "marks", "nones"],
+)
+def test_the_walk_holds_a_few_bytes_per_byte_of_pickle(data: bytes) -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        required_globals(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * len(data) + 100_000  # a dict entry per memo write was ~66 bytes

@@ -53,8 +53,9 @@ def opcodes_and_globals(
 
     The model does O(1) amortized work per opcode (each item is pushed once and popped at most
     once), so the walk is linear in the pickle's size, whatever its marks. Its memory is linear
-    in the pickle's size too: one list slot per stack item and mark, one dict entry per memo
-    write (the walk holds the model of one pickle, not its bytes).
+    in the pickle's size too: one list slot per stack item, mark and memo entry put in order
+    (at most ~9 bytes per byte of pickle), one dict entry per memo index put out of order (the
+    walk holds the model of one pickle, not its bytes).
     """
     model = _Model()
     for opcode, arg, start, end in opcodes(file):
@@ -101,6 +102,36 @@ def _effect(opcode: Any) -> tuple[bool, int, tuple[bool, ...]]:
 _EFFECTS = {opcode.name: _effect(opcode) for opcode in pickletools.opcodes}
 
 
+class _Memo:
+    """The model's memo: a list for the indices put in order (MEMOIZE, and what picklers write:
+    8 bytes an entry), a dict for the others. ``KeyError`` for a missing entry."""
+
+    __slots__ = ("dense", "sparse")
+
+    def __init__(self) -> None:
+        self.dense: list[Any] = []
+        self.sparse: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.dense) + len(self.sparse)
+
+    def __setitem__(self, index: int, value: Any) -> None:
+        dense = self.dense
+        if 0 <= index < len(dense):
+            dense[index] = value
+        elif index == len(dense):
+            dense.append(value)
+            while len(dense) in self.sparse:
+                dense.append(self.sparse.pop(len(dense)))
+        else:
+            self.sparse[index] = value
+
+    def __getitem__(self, index: int) -> Any:
+        if 0 <= index < len(self.dense):
+            return self.dense[index]
+        return self.sparse[index]
+
+
 class _Model:
     """A symbolic stack and memo: strings are kept, other values are None.
 
@@ -115,7 +146,7 @@ class _Model:
     def __init__(self) -> None:
         self.stack: list[Any] = _Stack()
         self.marks: list[int] = []
-        self.memo: dict[int, Any] = {}
+        self.memo = _Memo()
 
     def _top_is_mark(self) -> bool:
         return bool(self.marks) and self.marks[-1] == len(self.stack)

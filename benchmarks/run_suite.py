@@ -65,6 +65,7 @@ CONCURRENCY_KEYS = (
     "release_to_done_s",
 )
 TARGET_KEYS = ("issue", "target", "payload", "backend", "streampickle", "naive", "met")
+SIDES = {3: "sending (adump)", 4: "receiving (aload)"}  # the markdown's; the JSON keeps "issue"
 JSON_KEYS = (
     "machine", "config", "transfers", "receivers", "floors", "concurrency", "targets", "plots"
 )  # fmt: skip
@@ -380,16 +381,17 @@ def markdown(report: dict[str, Any], markdown_path: Path, out: Path) -> str:
         "",
         *NOTES,
         "",
-        "## Targets (issues 3 and 4), at the largest size of each payload",
+        "## Targets, at the largest size of each payload",
         "",
         summary(report["targets"]),
         "",
-        "| issue | target | payload | backend | streampickle | best naive | met |",
+        "| side | target | payload | backend | streampickle | best naive | met |",
         "|---|---|---|---|---:|---:|---|",
     ]
     for row in report["targets"]:
         lines.append(
-            f"| {row['issue']} | {row['target']} | {row['payload']} | {row['backend']} "
+            f"| {SIDES.get(row['issue'], row['issue'])} | {row['target']} | {row['payload']} "
+            f"| {row['backend']} "
             f"| {row['streampickle']:.1f} | {row['naive']:.1f} | "
             f"{'yes' if row['met'] else '**no**'} |"
         )
@@ -404,6 +406,7 @@ def markdown(report: dict[str, Any], markdown_path: Path, out: Path) -> str:
     lines += receiver_lines(report["receivers"])
     lines += concurrency_lines(report["concurrency"])
     lines += protocol_lines(markdown_path)
+    lines += restricted_lines(markdown_path)
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({link}/{file})" for name, file in report["plots"].items()]
     return "\n".join(lines) + "\n"
@@ -435,7 +438,7 @@ def receiver_lines(rows: list[dict[str, Any]]) -> list[str]:
         return []
     lines = [
         "",
-        "## Receivers alone (issue 4)",
+        "## Receivers alone",
         "",
         "The same transfers at the largest size, but the sender pickles before the clock "
         "starts and writes the whole pickle at full speed (after the length prefix for the naive "
@@ -465,12 +468,27 @@ PROTOCOL_TABLE = HERE / "results" / "protocols-after.md"
 
 def protocol_lines(markdown_path: Path) -> list[str]:
     """The protocol x stream-kind table of the last `bench_protocols` run, if there is one."""
-    if not PROTOCOL_TABLE.exists():
+    return included_lines(PROTOCOL_TABLE, "Protocols and stream kinds", markdown_path)
+
+
+#: The table of `bench_restricted` (a separate run: ``python benchmarks/bench_restricted.py
+#: --markdown benchmarks/results/restricted.md``), included in the report when present.
+RESTRICTED_TABLE = HERE / "results" / "restricted.md"
+
+
+def restricted_lines(markdown_path: Path) -> list[str]:
+    """The restricted-loading table of the last `bench_restricted` run, if there is one."""
+    return included_lines(RESTRICTED_TABLE, "Restricted loading (`allow=`)", markdown_path)
+
+
+def included_lines(table_path: Path, title: str, markdown_path: Path) -> list[str]:
+    """A section *title* with the markdown at *table_path* (its own title left out), if any."""
+    if not table_path.exists():
         return []
-    link = Path(os.path.relpath(PROTOCOL_TABLE, markdown_path.parent)).as_posix()
-    table = PROTOCOL_TABLE.read_text().strip().splitlines()
+    link = Path(os.path.relpath(table_path, markdown_path.parent)).as_posix()
+    table = table_path.read_text().strip().splitlines()
     body = [line for line in table if not line.startswith("# ")]  # its own title
-    return ["", "## Protocols and stream kinds (issue 11)", "", f"From [{link}]({link}):", *body]
+    return ["", f"## {title}", "", f"From [{link}]({link}):", *body]
 
 
 def concurrency_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -521,7 +539,7 @@ NOTES = [
     "receiving cost. For records it includes the unpickler's memo (a pointer per memoized "
     "object, held until the load ends), which every receiver of these bytes pays: the "
     "*floor*, `pickle.load` of the same pickle from a file in a fresh process, measures it, "
-    'and the issue\'s "object + a few frames" target is also checked against it.',
+    'and the "object + a few frames" target is also checked against it.',
     "- **Stall** is the longest a task sleeping 1 ms in a loop was late: how long the event "
     "loop was blocked, in each process. This wall-clock figure also counts the process being "
     "preempted by other work on the shared machine (equal stalls in sender and receiver at "

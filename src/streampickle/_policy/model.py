@@ -481,8 +481,8 @@ def _numpy_ndarray(args: tuple[Any, ...]) -> tuple[int, Any]:
 
 def _numpy_reconstruct(args: tuple[Any, ...]) -> tuple[int, Any]:
     # _reconstruct(subtype, shape, dtype): numpy pickles write (ndarray, (0,), b"b").
-    if len(args) != 3 or type(args[2]) is not Sized:
-        raise Refused("arguments other than (array type, shape, typecode bytes)")
+    if len(args) != 3 or type(args[2]) is not Sized or args[2].size != 1:
+        raise Refused("arguments other than (array type, shape, a one-byte typecode)")
     return _shape_size(args[1]), NumpyArray()
 
 

@@ -138,19 +138,24 @@ class Accounts:
         hash of a str, bytes or frozenset, not a tuple's or an int's), and for a key whose
         hash the model knows (`known_hash`), the keys of *target* with the same hash, which
         the container compares it with."""
-        cost = sum([item.cost - 1 for item in items if type(item) in COSTED])
-        if type(target) is Box:
-            for item in items:
-                if type(item) in _PLAIN_KEYS:
-                    continue
-                hashed = known_hash(item)
-                if hashed is not None:
-                    seen = target.hashes
-                    if seen is None:
-                        seen = target.hashes = {}
-                    same = seen.get(hashed, 0)
-                    seen[hashed] = same + 1
-                    cost += same * (item.cost if type(item) in COSTED else 1)
+        # str, bytes, None and bools cost one object and never collide: most keys end here.
+        others = [item for item in items if type(item) not in _PLAIN_KEYS]
+        if not others:
+            return
+        box: Any = target if type(target) is Box else None
+        cost = 0
+        for item in others:
+            costed = type(item) in COSTED
+            if costed:
+                cost += item.cost - 1
+            hashed = None if box is None else known_hash(item)
+            if hashed is not None:
+                seen = box.hashes
+                if seen is None:
+                    seen = box.hashes = {}
+                same = seen.get(hashed, 0)
+                seen[hashed] = same + 1
+                cost += same * (item.cost if costed else 1)
         if cost:
             self.charge_work(f"hashing keys or set members, the last at position {start}", cost)
 

@@ -91,6 +91,7 @@ class Box(Sized):
 #: A call's arguments are kept in the model of a tuple up to this many (every modelled
 #: callable takes fewer; a longer tuple is only a length).
 ARGS_KEPT = 8
+_NOT_YET = -1  # a tuple's hash not computed yet: CPython maps a hash of -1 to -2
 
 
 class Tuple(Sized):
@@ -106,8 +107,19 @@ class Tuple(Sized):
         self.depth = 1
         self.cost = 1
         self.holders: list[Any] | None = None
-        #: CPython's hash of the tuple, if the model knows its items' (see `known_hash`).
-        self.hashed = tuple_hash(items)
+        #: CPython's hash of the tuple if the model knows its items' (`hash_value`), None if
+        #: not. Most tuples are never keys: a flat one whose items are kept is hashed when
+        #: first asked (`_NOT_YET`, a hash CPython never returns, until then); one holding
+        #: tuples now, from theirs, so that a chain is hashed as it is built, not recursively.
+        lazy = self.items is not None and not any(type(item) is Tuple for item in items)
+        self.hashed: int | None = _NOT_YET if lazy else tuple_hash(items)
+
+    def hash_value(self) -> int | None:
+        """CPython's hash of the tuple, if the model knows its items'."""
+        if self.hashed == _NOT_YET:
+            assert self.items is not None
+            self.hashed = tuple_hash(self.items)
+        return self.hashed
 
     @classmethod
     def copied(cls, size: int) -> Tuple:
@@ -213,7 +225,7 @@ def tuple_hash(items: list[Any] | tuple[Any, ...]) -> int | None:
         if kind is int or kind is float or kind is bool:
             lane = hash(item)
         elif kind is Tuple or kind is Long:
-            lane = item.hashed
+            lane = item.hash_value() if kind is Tuple else item.hashed
             if lane is None:
                 return None
         else:
@@ -232,7 +244,7 @@ def known_hash(value: Any) -> int | None:
     (small ints never collide with each other: None for them)."""
     kind = type(value)
     if kind is Tuple or kind is Long:
-        hashed: int | None = value.hashed
+        hashed: int | None = value.hash_value() if kind is Tuple else value.hashed
         return hashed
     if kind is float:
         return hash(value)

@@ -751,6 +751,23 @@ def way_list(text: str) -> list[int]:
     return [WAYS.index(way) for way in names(WAYS)(text)]
 
 
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """--markdown, --json and --note, as `write_outputs` uses them (shared by the benchmarks
+    that write a table of their own)."""
+    parser.add_argument("--markdown", type=Path, help="write the table here too")
+    parser.add_argument("--json", type=Path, help="write every run's figures here")
+    parser.add_argument("--note", default="", help="a line for the markdown (what was measured)")
+
+
+def write_outputs(table: str, report: dict[str, Any], args: argparse.Namespace) -> None:
+    """Print *table*, and write it and *report* where --markdown and --json say."""
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="5k records, 2 rounds")
@@ -770,9 +787,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="PickleStream.receive: the sender pickles as it sends (PickleStream.send on the "
         "socket during the transfer), instead of writing what PickleStream.send wrote before",
     )  # fmt: skip
-    parser.add_argument("--markdown", type=Path, help="write the table here too")
-    parser.add_argument("--json", type=Path, help="write every run's figures here")
-    parser.add_argument("--note", default="", help="a line for the markdown (what was measured)")
+    add_output_options(parser)
     parser.add_argument("--role", choices=("send", "receive"), help=argparse.SUPPRESS)
     parser.add_argument("--kind", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
@@ -820,12 +835,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "failures": failures,
     }
-    text = markdown(report)
-    print(text)
-    if args.markdown:
-        args.markdown.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    write_outputs(markdown(report), report, args)
 
 
 if __name__ == "__main__":

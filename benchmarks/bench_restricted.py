@@ -62,7 +62,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from bench_protocols import duration, library
+from bench_protocols import add_output_options, duration, library, write_outputs
 from bench_stream import BLAST_WRITE, HOST, run_pair
 from run_suite import log, machine, names
 
@@ -516,9 +516,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mb", type=float, help="the large payload, MB (default 300; quick 10)")
     parser.add_argument("--stall-mb", type=float, help="stall: records MB (default 20; quick 1)")
     parser.add_argument("--rounds", type=int, help="rounds (default 3; quick 2)")
-    parser.add_argument("--markdown", type=Path, help="write the table here too")
-    parser.add_argument("--json", type=Path, help="write every run's figures here")
-    parser.add_argument("--note", default="", help="a line for the markdown (what was measured)")
+    add_output_options(parser)
     parser.add_argument("--role", choices=("load", "send", "receive"), help=argparse.SUPPRESS)
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--way", choices=WAYS, help=argparse.SUPPRESS)
@@ -575,12 +573,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "failures": failures,
     }  # fmt: skip
-    table = markdown(report)
-    print(table)
-    if args.markdown:
-        args.markdown.write_text(table)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    write_outputs(markdown(report), report, args)
 
 
 if __name__ == "__main__":

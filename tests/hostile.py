@@ -1,12 +1,16 @@
 """Hostile pickles, built opcode by opcode: the attacks of the untrusted-peers review, as
 functions of their size, for the attack tests (tests/test_attacks.py, at full size, with
 controls), the property tests (tests/test_fuzz.py, small and mutated) and the fuzz harness's
-seeds (fuzz/fuzz_load.py)."""
+seeds (fuzz/fuzz_load.py); and `run_plain`, the controls' load by plain ``pickle`` in a child
+process."""
 
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 ME = __name__
@@ -17,6 +21,23 @@ class Node:
 
     def __init__(self, next: Any = None) -> None:
         self.next = next
+
+
+def run_plain(data: bytes, timeout: float) -> int | None:
+    """Load *data* with plain ``pickle`` in a child process: its return code (negative: killed
+    by a signal), or None if it was still running after *timeout* seconds."""
+    script = "import pickle, sys; obj = pickle.loads(sys.stdin.buffer.read()); del obj"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            input=data,
+            capture_output=True,
+            timeout=timeout,
+            cwd=Path(__file__).parent,  # the instances' class (`Node`) is importable there
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    return done.returncode
 
 
 # -- a small pickle assembler -----------------------------------------------------------------

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import collections
 import pickle
-import subprocess
-import sys
 import tracemalloc
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,23 +30,6 @@ from streampickle import (
 ALLOW = ALLOW_BUILTINS | ALLOW_COLLECTIONS | [(hostile.ME, "Node"), ("builtins", "tuple")]
 #: What instances need at protocols 0 and 1.
 ALLOW_OLD = ALLOW | [("copyreg", "_reconstructor"), ("builtins", "object")]
-
-
-def run_plain(data: bytes, timeout: float) -> int | None:
-    """Load *data* with plain ``pickle`` in a child process: its return code (negative: killed
-    by a signal), or None if it was still running after *timeout* seconds."""
-    script = "import pickle, sys; obj = pickle.loads(sys.stdin.buffer.read()); del obj"
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", script],
-            input=data,
-            capture_output=True,
-            timeout=timeout,
-            cwd=Path(__file__).parent,  # the instances' class is importable there
-        )
-    except subprocess.TimeoutExpired:
-        return None
-    return done.returncode
 
 
 # -- class 1: nesting that never grows the stack ----------------------------------------------
@@ -73,7 +53,7 @@ def test_deep_chains_are_refused(shape: str) -> None:
 @pytest.mark.parametrize("shape", ["deques top-down", "deques bottom-up"])
 def test_deep_chains_crash_plain_pickle(shape: str) -> None:
     # The control: plain pickle builds the chain and dies freeing it.
-    assert (run_plain(DEEP[shape], timeout=120) or 0) < 0
+    assert (hostile.run_plain(DEEP[shape], timeout=120) or 0) < 0
 
 
 @pytest.mark.parametrize("shape", ["lists top-down", "instances", "frozensets"])
@@ -141,7 +121,9 @@ REHASHED_INT = hostile.rehashed_int(1_000_000, 100_000)
 
 @pytest.mark.parametrize("payload", [EXPONENTIAL_KEY, REHASHED_INT], ids=["exponential", "rehash"])
 def test_hashing_work_is_bounded(payload: bytes) -> None:
-    assert run_plain(payload, timeout=2) is None  # the control: plain pickle is still hashing
+    assert (
+        hostile.run_plain(payload, timeout=2) is None
+    )  # the control: plain pickle is still hashing
     with pytest.raises(LimitExceeded) as info:
         streampickle.loads(payload, allow=[])
     assert info.value.limit == "max_work"
@@ -283,7 +265,7 @@ def test_colliding_pairs_collide() -> None:
 
 def test_colliding_keys_are_refused() -> None:
     payload = hostile.colliding_keys(20_000)
-    assert run_plain(payload, timeout=2) is None  # the control: quadratic, still inserting
+    assert hostile.run_plain(payload, timeout=2) is None  # the control: quadratic, still inserting
     with pytest.raises(LimitExceeded) as info:
         streampickle.loads(payload, allow=[])
     assert info.value.limit == "max_work"
@@ -332,7 +314,7 @@ def test_crafted_numpy_states_are_refused(name: str) -> None:
 
 @pytest.mark.parametrize("name", hostile_numpy.CRASH_ON_LOAD)
 def test_crafted_numpy_states_crash_plain_pickle(name: str) -> None:
-    assert (run_plain(hostile_numpy.CRASH[name], timeout=60) or 0) < 0  # the control
+    assert (hostile.run_plain(hostile_numpy.CRASH[name], timeout=60) or 0) < 0  # the control
 
 
 def test_numpy_refusals_name_the_preset() -> None:

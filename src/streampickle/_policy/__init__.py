@@ -8,7 +8,8 @@ before the C unpickler sees it: it refuses the opcodes that reach objects withou
 reads through instead of refusing), and it sizes the calls of the callables it models.
 
 The modules, bottom up: `allowlist` (names and presets), `model` (the value model and the
-sized-callables table), `rules` (the stack rules, opcode by opcode), `reader` (the vetting
+sized-callables table), `accounts` (how deep objects nest, what hashing costs, what may
+still be changed), `rules` (the stack rules, opcode by opcode), `reader` (the vetting
 reader and the restriction a restricted `Unpickler` holds). Nothing here does I/O of its own:
 `CheckedReader` reads from the file-like object it wraps, which may be a C-engine `Source`
 whose reads are sans-IO requests.

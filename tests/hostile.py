@@ -150,12 +150,13 @@ def colliding_pairs(count: int) -> list[tuple[int, int]]:
     acc2 = (final - (2 ^ (_P5 ^ 3527539))) & _M
     before_rotate = (acc2 * pow(_P1, -1, 1 << 64)) & _M
     mixed = ((before_rotate >> 31) | (before_rotate << 33)) & _M  # rotate right by 31
+    inverse = pow(_P2, -1, 1 << 64)
     pairs: list[tuple[int, int]] = []
     first = 1
     while len(pairs) < count:
         lane = (_P5 + first * _P2) & _M
         acc1 = ((((lane << 31) | (lane >> 33)) & _M) * _P1) & _M
-        second = ((mixed - acc1) * pow(_P2, -1, 1 << 64)) & _M
+        second = ((mixed - acc1) * inverse) & _M
         if second < (1 << 61) - 1:
             pairs.append((first, second))
         first += 1
@@ -163,7 +164,15 @@ def colliding_pairs(count: int) -> list[tuple[int, int]]:
 
 
 def colliding_keys(count: int) -> bytes:
-    return pickle.dumps(dict.fromkeys(colliding_pairs(count)), 2)
+    """A dict of *count* colliding pairs as keys, assembled (building the dict would itself
+    take time quadratic in *count*), SETITEMS in batches of 1,000 as the pickler writes."""
+    pairs = colliding_pairs(count)
+    batches = [
+        MARK + b"".join(pickle.dumps(pair, 2)[2:-1] + NONE for pair in pairs[start : start + 1000])
+        + b"u"
+        for start in range(0, count, 1000)
+    ]  # fmt: skip
+    return PROTO + EMPTY_DICT + b"".join(batches) + STOP
 
 
 # -- calls the model does not see -------------------------------------------------------------

@@ -264,7 +264,7 @@ def test_colliding_pairs_collide() -> None:
 
 
 def test_colliding_keys_are_refused() -> None:
-    payload = hostile.colliding_keys(20_000)
+    payload = hostile.colliding_keys(40_000)  # ~27 s for plain pickle here: far past 2 s
     assert hostile.run_plain(payload, timeout=2) is None  # the control: quadratic, still inserting
     with pytest.raises(LimitExceeded) as info:
         streampickle.loads(payload, allow=[])

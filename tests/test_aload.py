@@ -609,3 +609,50 @@ async def test_cancel_mid_object_unwinds_unpickler(anyio_backend: Any) -> None:
         gc.collect()
         assert len(TrackedUnpickler.live) == 0
         assert streampickle.loads(data) == list(range(100_000))
+
+
+# ---------------------------------------------------------------------------------------------
+# Other tasks run during a load, however fast the data came.
+
+
+class _NeverWaits(ByteReceiveStream):
+    """Hands out *data* without ever waiting or checkpointing (a reader that had it all
+    buffered, as an asyncio StreamReader does once the bytes arrived)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self.pos >= len(self.data):
+            raise anyio.EndOfStream
+        start, self.pos = self.pos, self.pos + max_bytes
+        return self.data[start : self.pos]
+
+    async def aclose(self) -> None:
+        self.pos = len(self.data)
+
+
+@pytest.mark.parametrize("allow", [None, []], ids=["trusted", "restricted"])
+async def test_a_load_from_buffered_data_lets_other_tasks_run(
+    allow: Any, anyio_backend: Any
+) -> None:
+    from streampickle._load import YIELD_EVERY
+
+    records = [{"id": i, "name": f"row {i}"} for i in range(30_000)]
+    data = pickle.dumps(records, 5)  # 11 frames
+    turns, done = 0, False
+
+    async def other_task() -> None:
+        nonlocal turns
+        while not done:
+            turns += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(other_task)
+        await anyio.lowlevel.checkpoint()
+        before = turns
+        assert await aload(_NeverWaits(data), allow=allow) == records
+        during = turns - before
+        done = True
+    assert during >= len(data) // YIELD_EVERY - 1  # a turn about once a frame

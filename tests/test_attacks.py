@@ -9,6 +9,7 @@ run in a child process."""
 from __future__ import annotations
 
 import collections
+import io
 import pickle
 import tracemalloc
 from typing import Any
@@ -174,6 +175,37 @@ def test_attributes_set_by_build_are_never_called(method: str) -> None:
     assert peak(lambda: streampickle.loads(payload, allow=ALLOW)) < 2_000_000
 
 
+class Recursive:
+    """A class whose ``__reduce__`` arguments hold the object itself. For it, pickle's
+    pure-Python pickler (``pickle._Pickler``) writes the state twice, the second BUILD on a
+    memo copy, which a restricted load refuses; the C pickler writes it once."""
+
+    def __init__(self, peers: list[Any] | None = None) -> None:
+        self.peers = [] if peers is None else peers
+
+    def __reduce__(self) -> Any:
+        return Recursive, (self.peers,), {"note": "state"}
+
+
+def test_a_second_build_written_by_the_python_pickler_is_refused() -> None:
+    import pickletools
+
+    obj = Recursive()
+    obj.peers.append(obj)
+    allow = [(__name__, "Recursive")]
+    by_c = pickle.dumps(obj, 4)
+    loaded = streampickle.loads(by_c, allow=allow)
+    assert loaded.peers[0] is loaded and loaded.note == "state"
+    file = io.BytesIO()
+    pickle._Pickler(file, 4).dump(obj)
+    by_python = file.getvalue()
+    assert sum(op.name == "BUILD" for op, _, _ in pickletools.genops(by_python)) == 2
+    loaded = pickle.loads(by_python)  # plain pickle loads it
+    assert loaded.peers[0] is loaded and loaded.note == "state"
+    with pytest.raises(PolicyViolation, match="after a BUILD set its state"):
+        streampickle.loads(by_python, allow=allow)
+
+
 class Target:
     """A user's allowed class that a pickle tries to change for the whole process."""
 
@@ -301,9 +333,13 @@ def test_numpy_data_loads_under_the_numpy_preset(protocol: int) -> None:
         assert np.array_equal(loaded, expected)
         if isinstance(expected, np.ndarray):
             assert loaded.flags == expected.flags
-    # What required_globals finds for numpy data is what the preset allows.
-    pairs = streampickle.required_globals(pickle.dumps(numpy_samples(), protocol))
-    assert set(pairs) <= ALLOW_NUMPY.pairs
+    # What required_globals finds for numpy data is what the preset allows, and inspect
+    # prints the preset as the allowlist it needs.
+    data = pickle.dumps(numpy_samples(), protocol)
+    assert set(streampickle.required_globals(data)) <= ALLOW_NUMPY.pairs
+    from streampickle._inspect import inspect_stream
+
+    assert next(inspect_stream(io.BytesIO(data))).allowlist_source() == "ALLOW_NUMPY"
 
 
 @pytest.mark.parametrize("name", hostile_numpy.CRASH)

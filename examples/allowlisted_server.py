@@ -196,8 +196,15 @@ async def serve_forever(port: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=10, help="requests per honest client")
-    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument(
+        "--requests", type=int, default=10, help="requests per honest client (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["asyncio", "trio"],
+        default="asyncio",
+        help="the event loop (default: %(default)s)",
+    )
     parser.add_argument("--serve", type=int, metavar="PORT", help="only run the server")
     args = parser.parse_args()
     if args.serve is not None:

@@ -156,10 +156,19 @@ async def main(directory: Path, megabytes: float = 64, records: int = 100_000) -
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--megabytes", type=float, default=64, help="size of the buffers")
-    parser.add_argument("--records", type=int, default=100_000, help="history entries")
+    parser.add_argument(
+        "--megabytes", type=float, default=64, help="size of the buffers (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--records", type=int, default=100_000, help="history entries (default: %(default)s)"
+    )
     parser.add_argument("--dir", type=Path, help="where to write (default: a temporary dir)")
-    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument(
+        "--backend",
+        choices=["asyncio", "trio"],
+        default="asyncio",
+        help="the event loop (default: %(default)s)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         target = args.dir or Path(scratch)

@@ -152,7 +152,14 @@ async def main(megabytes: float = 64) -> dict[str, tuple[int, Any]]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--megabytes", type=float, default=64, help="size of the arrays")
-    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument(
+        "--megabytes", type=float, default=64, help="size of the arrays (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["asyncio", "trio"],
+        default="asyncio",
+        help="the event loop (default: %(default)s)",
+    )
     args = parser.parse_args()
     anyio.run(main, args.megabytes, backend=args.backend)

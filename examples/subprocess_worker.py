@@ -93,9 +93,18 @@ async def main(items: int = 200, size: int = 5_000) -> list[dict[str, Any]]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", type=int, default=200, help="work items to send")
-    parser.add_argument("--size", type=int, default=5_000, help="numbers per work item")
-    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument(
+        "--items", type=int, default=200, help="work items to send (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=5_000, help="numbers per work item (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["asyncio", "trio"],
+        default="asyncio",
+        help="the event loop (default: %(default)s)",
+    )
     parser.add_argument("--worker", action="store_true", help="run as the child (internal)")
     args = parser.parse_args()
     if args.worker:

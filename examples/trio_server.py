@@ -126,9 +126,18 @@ async def connect(port: int, jobs: int, values: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=4, help="concurrent clients (demo mode)")
-    parser.add_argument("--jobs", type=int, default=20, help="work items per client")
-    parser.add_argument("--values", type=int, default=10_000, help="numbers per work item")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=4,
+        help="concurrent clients in demo mode (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=20, help="work items per client (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--values", type=int, default=10_000, help="numbers per work item (default: %(default)s)"
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--serve", type=int, metavar="PORT", help="only run the server")
     mode.add_argument("--connect", type=int, metavar="PORT", help="only run one client")

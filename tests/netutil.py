@@ -90,3 +90,23 @@ async def aiohttp_server(app: Any, **runner_options: Any) -> tuple[Any, int]:
         raise
     port: int = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, port
+
+
+@asynccontextmanager
+async def uvicorn_server(app: Any) -> AsyncIterator[int]:
+    """Serve the ASGI *app* with uvicorn on a free loopback port, on the running asyncio loop;
+    yields the port and shuts the server down on exit."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), "uvicorn stopped before it started"
+            await asyncio.sleep(0.01)
+        port: int = server.servers[0].sockets[0].getsockname()[1]
+        yield port
+    finally:
+        server.should_exit = True
+        await task

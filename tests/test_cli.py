@@ -521,6 +521,13 @@ def test_help_in_a_subprocess() -> None:
         assert sub.returncode == 0 and words in sub.stdout.decode()
 
 
+def test_demo_help_says_mb_counts_mib(capsys: pytest.CaptureFixture[str]) -> None:
+    """--mb 100 makes 104.9 MB of pickle: the help says the option's unit and the table's."""
+    assert main(["demo", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "MiB (2**20 bytes) of arrays" in out and "MB are 10**6 bytes" in out
+
+
 @pytest.mark.parametrize(
     "argv", [[], ["frobnicate"], ["demo", "--records", "0"], ["demo", "--backend", "curio"]]
 )

@@ -217,3 +217,20 @@ def test_command_line(script: str, args: list[str], expected: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert expected in done.stdout
+
+
+@pytest.mark.parametrize("script", sorted(path.name for path in EXAMPLES.glob("*.py")))
+def test_help_shows_each_default(script: str) -> None:
+    """``--help`` states the default of every option that has one (a value or a choice)."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    options = " ".join(done.stdout.split("options:")[1].split()).split(" --")[1:]
+    for option in options:
+        name = option.split()[0]
+        if name not in {"help", "serve", "connect", "worker"}:  # no default to state
+            assert "(default: " in option, f"{script} --{name}: {option}"

@@ -11,7 +11,7 @@ from typing import Any, cast
 from aiohttp import ClientSession, web
 
 import streampickle
-from netutil import aiohttp_server
+from netutil import aiohttp_server, uvicorn_server
 
 OBJ = {"records": [{"id": i, "name": f"r{i}"} for i in range(20_000)], "blob": b"z" * 300_000}
 
@@ -57,18 +57,6 @@ def test_adump_into_an_aiohttp_stream_response() -> None:
 # an upload body.
 
 
-async def _uvicorn(app: Any) -> tuple[Any, asyncio.Task[None], int]:
-    import uvicorn
-
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn has no event for it
-        await asyncio.sleep(0.01)
-    port: int = server.servers[0].sockets[0].getsockname()[1]
-    return server, task, port
-
-
 def _starlette_app(uploads: list[Any]) -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -100,22 +88,20 @@ def test_aiter_dumps_with_starlette_uvicorn_and_httpx() -> None:
     uploads: list[Any] = []
 
     async def main() -> list[bytes]:
-        server, task, port = await _uvicorn(_starlette_app(uploads))
-        try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-                responses = await asyncio.gather(
-                    *(client.get("/download", params={"n": n}) for n in (10, 20_000, 30, 50_000))
-                )
-                sent = {"upload": list(range(30_000)), "blob": bytearray(b"u" * 300_000)}
-                # Chunks are bytes or memoryviews: httpx sends both, but is typed for bytes.
-                body = cast(AsyncIterator[bytes], streampickle.aiter_dumps(sent, 5))
-                reply = await client.post("/upload", content=body)
-                assert reply.text == "ok"
-                assert uploads == [sent]
-                return [response.content for response in responses]
-        finally:
-            server.should_exit = True
-            await task
+        async with (
+            uvicorn_server(_starlette_app(uploads)) as port,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+        ):
+            responses = await asyncio.gather(
+                *(client.get("/download", params={"n": n}) for n in (10, 20_000, 30, 50_000))
+            )
+            sent = {"upload": list(range(30_000)), "blob": bytearray(b"u" * 300_000)}
+            # Chunks are bytes or memoryviews: httpx sends both, but is typed for bytes.
+            body = cast(AsyncIterator[bytes], streampickle.aiter_dumps(sent, 5))
+            reply = await client.post("/upload", content=body)
+            assert reply.text == "ok"
+            assert uploads == [sent]
+            return [response.content for response in responses]
 
     bodies = asyncio.run(main())
     for n, body in zip((10, 20_000, 30, 50_000), bodies, strict=True):

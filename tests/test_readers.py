@@ -21,7 +21,7 @@ import pytest
 from fsspec.asyn import AbstractAsyncStreamedFile
 
 import streampickle
-from netutil import aiohttp_server
+from netutil import aiohttp_server, uvicorn_server
 
 pytestmark = pytest.mark.anyio
 
@@ -158,8 +158,6 @@ def test_httpx_download_and_starlette_upload_read_with_aload() -> None:
     from starlette.responses import Response, StreamingResponse
     from starlette.routing import Route
 
-    from test_http import _uvicorn
-
     got: list[Any] = []
 
     async def download(request: Request) -> StreamingResponse:
@@ -172,16 +170,14 @@ def test_httpx_download_and_starlette_upload_read_with_aload() -> None:
     app = Starlette(routes=[Route("/down", download), Route("/up", upload, methods=["POST"])])
 
     async def main() -> Any:
-        server, task, port = await _uvicorn(app)
-        try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-                reply = await client.post("/up", content=pickle.dumps(OBJECTS[2], 4))
-                assert reply.text == "ok"
-                async with client.stream("GET", "/down") as response:
-                    return await streampickle.aload(response.aiter_bytes())
-        finally:
-            server.should_exit = True
-            await task
+        async with (
+            uvicorn_server(app) as port,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+        ):
+            reply = await client.post("/up", content=pickle.dumps(OBJECTS[2], 4))
+            assert reply.text == "ok"
+            async with client.stream("GET", "/down") as response:
+                return await streampickle.aload(response.aiter_bytes())
 
     assert asyncio.run(main()) == OBJECTS
     assert got == [OBJECTS[2]]

@@ -96,7 +96,8 @@ def add_parser(commands: Any) -> None:
     )  # fmt: skip
     sub.add_argument(
         "--mb", type=positive, default=100, metavar="N",
-        help="megabytes of arrays for --payload arrays (default: 100)",
+        help="MiB (2**20 bytes) of arrays for --payload arrays; the table's MB are 10**6 bytes "
+        "(default: 100)",
     )  # fmt: skip
     sub.add_argument(
         "--runs", type=positive, default=3, metavar="N",
@@ -424,7 +425,7 @@ def _demo_table(
     verdict: str,
     intact: bool,
 ) -> str:
-    what = f"{args.records:,} records" if args.payload == "records" else f"{args.mb} MB of arrays"
+    what = f"{args.records:,} records" if args.payload == "records" else f"{args.mb} MiB of arrays"
     runs = f"{args.runs} run" + ("s" if args.runs > 1 else "")
     lines = [
         f"payload: {what}, protocol 5, loopback TCP, backend {args.backend}",

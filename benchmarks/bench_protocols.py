@@ -759,6 +759,12 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--note", default="", help="a line for the markdown (what was measured)")
 
 
+def median_range(values: list[float], form: str) -> str:
+    """``"median (min-max)"``, each number formatted with *form* (e.g. ``"{:.2f}"``)."""
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{form.format(mid)} ({form.format(low)}-{form.format(high)})"
+
+
 def write_outputs(table: str, report: dict[str, Any], args: argparse.Namespace) -> None:
     """Print *table*, and write it and *report* where --markdown and --json say."""
     print(table)

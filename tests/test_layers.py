@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).parent.parent / "src" / "streampickle"
 
 #: Bottom up; a module's layer is that of the longest prefix of its dotted name listed here.
 LAYERS: list[set[str]] = [
-    {"_exceptions", "_sansio", "_opcodes"},
+    {"_exceptions", "_sansio", "_opcodes", "_collector"},
     {"_limits"},
     {"_policy", "_globals", "_inspect"},
     {"_cengine"},

@@ -21,6 +21,10 @@ Sync API, as ``pickle``: ``import streampickle as pickle`` works: `dump`, `dumps
 `loads`, `Pickler`, `Unpickler`, the exceptions and constants are the standard library's (same
 signatures, bytes and errors). And `iter_dumps` (a generator of protocol-4/5 frames) and
 `iter_loads` (a sans-IO loader). The command line: ``python -m streampickle --help``.
+
+Loads of large object graphs pause the cyclic garbage collector while the unpickler builds
+(never across an await), so it does not walk the growing graph again and again;
+`set_gc_pause` turns that off.
 """
 
 from importlib import metadata as _metadata
@@ -36,6 +40,7 @@ from pickle import (
 from ._adapters import AsyncReader, AsyncWriter
 from ._async import adump, aiter_dumps, aiter_load, aload
 from ._auth import DEFAULT_HANDSHAKE_TIMEOUT, authenticate
+from ._collector import set_gc_pause
 from ._exceptions import AuthenticationError, ForbiddenGlobal, LimitExceeded, PolicyViolation
 from ._globals import required_globals
 from ._limits import Limits
@@ -101,4 +106,5 @@ __all__ = [
     "load",
     "loads",
     "required_globals",
+    "set_gc_pause",
 ]

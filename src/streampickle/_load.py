@@ -22,6 +22,7 @@ from typing import Any
 
 from anyio.lowlevel import checkpoint
 
+from . import _collector
 from ._adapters import Source, source_for
 from ._opcodes import PICKLE_STARTS, framed
 from ._sansio import PIECE_SIZE, Peek, Progress, Read, ReadInto, Request
@@ -97,6 +98,9 @@ class Loader:
         read ahead, framed or not.
         ``progress(n)`` is called whenever more of the pickle was read: *n* is the number of
         its bytes read so far (strictly increasing; pieces of a large payload count as read).
+        Once a pickle has handed the unpickler `YIELD_EVERY` bytes, each run of the unpickler
+        between two requests pauses the garbage collector (`streampickle._collector`); it is
+        never paused across an await.
 
         Raises what the unpickler raises (``EOFError`` at end of stream before the first byte,
         ``UnpicklingError``/``EOFError`` for a truncated pickle, `LimitExceeded` from the
@@ -108,9 +112,17 @@ class Loader:
         self._choose_mode()
         reply: Any = None
         unyielded = 0  # bytes handed on since the load last let other tasks run
+        pausing: bool | None = None  # may the collector be paused (None: not asked yet)
         try:
             while True:
-                request = requests.send(reply)
+                if pausing:  # each run of the unpickler is a segment (see _collector)
+                    paused = _collector.pause()
+                    try:
+                        request = requests.send(reply)
+                    finally:
+                        _collector.resume(paused)
+                else:
+                    request = requests.send(reply)
                 # Most requests are answered from the buffer, without a coroutine; the loop
                 # still gets a turn about once a frame, however fast the data came.
                 # (a source's own awaits may not: a StreamReader with data buffered).
@@ -120,6 +132,8 @@ class Loader:
                 unyielded += reply if type(reply) is int else len(reply)
                 if unyielded >= YIELD_EVERY:
                     unyielded = 0
+                    if pausing is None:  # past a frame: a pickle worth pausing for
+                        pausing = _collector.begin()
                     await checkpoint()
         except StopIteration as stop:
             return stop.value

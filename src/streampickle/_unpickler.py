@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _cengine
+from . import _cengine, _collector
 from ._cengine import Source
 from ._limits import LimitOptions, Limits, guard, load_limits
 from ._policy import AllowSpec, Restriction
@@ -97,7 +97,7 @@ class Unpickler(pickle.Unpickler):
         if getattr(self, "_byte_limits", None) is not None:
             assert source is not None
             return drive_load(self.iter_load(), source.target)
-        return self._load()
+        return _collector.run(self._load)
 
     def iter_load(self) -> Generator[Request, Any, Any]:
         """Load one object sans-IO: a generator of read requests whose return value is the object.
@@ -168,8 +168,14 @@ def loads(
             allow=allow,
             **limits,
         )
-    return pickle.loads(
-        data, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
+    if len(data) < _collector.SMALL:  # a frame or less: not worth a pause
+        return pickle.loads(
+            data, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
+        )
+    return _collector.run(
+        lambda: pickle.loads(
+            data, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
+        )
     )
 
 
@@ -248,7 +254,10 @@ def drive_load(requests: Generator[Request, Any, Any], file: Any) -> Any:
     Returns the loaded object. *file* needs ``read``; ``readinto``, ``readline`` and ``peek``
     are used when present. This is the reference driver the async ones mirror.
     """
-    source = Source(file)
+    return _collector.run(lambda: _drive(requests, Source(file)))
+
+
+def _drive(requests: Generator[Request, Any, Any], source: Source) -> Any:
     reply: Any = None
     try:
         while True:

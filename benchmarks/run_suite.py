@@ -9,14 +9,20 @@ that a slow spell on a shared machine hits every configuration alike); medians a
 the receivers alone (issue 4): at each payload's largest size, a sender that pickled before the
 clock started writes the whole pickle, to ``aload`` and to the naive receiver. Then the
 concurrency mode (see `bench_server`): ``--clients`` clients stream to one server at once, and
-the server's memory per in-flight stream is reported. ``--render-only`` redoes the targets, plots
-and markdown from an existing ``results.json``.
+the server's memory per in-flight stream is reported. Then two scenarios of their own
+benchmarks, run as child processes: object graphs of growing size received against the
+collector-off floor (`bench_collector`, ``--collector-records``) and thousands of clients
+sending one object each to one server (`bench_clients`, ``--many-clients``); their tables are
+included in the markdown. ``--render-only`` redoes the targets, plots and markdown from an
+existing ``results.json``.
 
 Writes ``OUT/results.json``, the plots ``OUT/time.png``, ``OUT/memory.png``, ``OUT/stall.png``,
-``OUT/ttfb.png`` (Agg backend), and ``--markdown`` (``benchmarks/RESULTS.md``), which links the
-plots relatively. The JSON has the keys in `JSON_KEYS`; each row of ``transfers`` and
-``receivers`` has `CASE_KEYS` and the medians of `METRICS` (plus ``samples``, every run's
-figures); each of ``concurrency`` has `CONCURRENCY_KEYS`; each of ``targets`` has `TARGET_KEYS`.
+``OUT/ttfb.png`` (Agg backend), ``OUT/collector.{md,json}`` and ``OUT/clients.{md,json}``, and
+``--markdown`` (``benchmarks/RESULTS.md``), which links the plots relatively. The JSON has the
+keys in `JSON_KEYS`; each row of ``transfers`` and ``receivers`` has `CASE_KEYS` and the medians
+of `METRICS` (plus ``samples``, every run's figures); each of ``concurrency`` has
+`CONCURRENCY_KEYS`; each of ``targets`` has `TARGET_KEYS`; ``collector`` and ``clients`` are
+the JSON those two benchmarks write (None when skipped).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -67,7 +74,8 @@ CONCURRENCY_KEYS = (
 TARGET_KEYS = ("issue", "target", "payload", "backend", "streampickle", "naive", "met")
 SIDES = {3: "sending (adump)", 4: "receiving (aload)"}  # the markdown's; the JSON keeps "issue"
 JSON_KEYS = (
-    "machine", "config", "transfers", "receivers", "floors", "concurrency", "targets", "plots"
+    "machine", "config", "transfers", "receivers", "floors", "concurrency", "collector",
+    "clients", "targets", "plots",
 )  # fmt: skip
 FLOOR_KEYS = ("payload", "target_mb", "object_mib", "load_rss_mib")
 PLOTS = ("time", "memory", "stall", "ttfb")
@@ -79,6 +87,10 @@ TIME_SLACK = 1.05
 
 def sizes(text: str) -> list[float]:
     return [float(size) for size in text.split(",") if size]
+
+
+def counts(text: str) -> list[int]:
+    return [int(count) for count in text.split(",") if count]
 
 
 def names(choices: Iterable[str]) -> Any:
@@ -105,6 +117,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--object-kb", type=int, default=256, help="concurrency: per client")
     parser.add_argument("--gate-kb", type=int, default=128, help="concurrency: sent before pause")
     parser.add_argument(
+        "--collector-records", type=counts,
+        help="the collector scenario (bench_collector): record counts, comma-separated "
+        "(default 125000,250000,500000,1000000; quick 50000,100000; empty: skip it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--many-clients", type=counts,
+        help="the many-clients scenario (bench_clients): client counts, comma-separated "
+        "(default 1000,5000; quick 200; empty: skip it)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-receivers", dest="receivers", action="store_false",
         help="skip the receivers-alone runs (the largest size, pickled before the clock starts)",
     )  # fmt: skip
@@ -121,6 +143,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args.sizes_arrays = args.sizes_arrays or default_sizes["arrays"]
     args.repeat = args.repeat or (1 if args.quick else 3)
     args.clients = args.clients if args.clients is not None else (50 if args.quick else 1000)
+    if args.collector_records is None:
+        args.collector_records = (
+            [50_000, 100_000] if args.quick else [125_000, 250_000, 500_000, 1_000_000]
+        )
+    if args.many_clients is None:
+        args.many_clients = [200] if args.quick else [1000, 5000]
     return args
 
 
@@ -186,6 +214,37 @@ def run_floors(args: argparse.Namespace) -> list[dict[str, Any]]:
         log(f"floor: pickle.load of {payload} {size:g} MB from a file")
         rows.append({"payload": payload, "target_mb": size, **unpickle_floor(payload, size)})
     return rows
+
+
+def run_scenario(script: str, name: str, flags: list[str], args: argparse.Namespace) -> Any:
+    """Run the benchmark *script* with *flags* (and ``--rounds``), writing ``OUT/name.md`` and
+    ``OUT/name.json``; return that JSON (None when *flags* is empty: the scenario is skipped)."""
+    if not flags:
+        return None
+    log(f"{name}: {script} {' '.join(flags)}")
+    markdown, report = args.out / f"{name}.md", args.out / f"{name}.json"
+    subprocess.run(
+        [sys.executable, str(HERE / script), *flags, f"--rounds={args.repeat}",
+         f"--markdown={markdown}", f"--json={report}"],
+        check=True, stdout=subprocess.DEVNULL, timeout=3600,
+    )  # fmt: skip
+    return json.loads(report.read_text())
+
+
+def run_collector(args: argparse.Namespace) -> Any:
+    """Receiving object graphs of growing size against the collector-off floor."""
+    sizes = [str(count) for count in args.collector_records]
+    return run_scenario(
+        "bench_collector.py", "collector", ["--sizes", *sizes] if sizes else [], args
+    )
+
+
+def run_many_clients(args: argparse.Namespace) -> Any:
+    """Thousands of clients sending one object each to one asyncio server."""
+    clients = [str(count) for count in args.many_clients]
+    return run_scenario(
+        "bench_clients.py", "clients", ["--clients", *clients] if clients else [], args
+    )
 
 
 def run_concurrency(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -405,6 +464,10 @@ def markdown(report: dict[str, Any], markdown_path: Path, out: Path) -> str:
         )
     lines += receiver_lines(report["receivers"])
     lines += concurrency_lines(report["concurrency"])
+    lines += included_lines(
+        out / "collector.md", "Receiving object graphs: the collector", markdown_path
+    )
+    lines += included_lines(out / "clients.md", "Many concurrent clients", markdown_path)
     lines += protocol_lines(markdown_path)
     lines += restricted_lines(markdown_path)
     lines += ["", "## Plots", ""]
@@ -590,6 +653,8 @@ def main(argv: list[str] | None = None) -> None:
         "receivers": run_cases(receiver_cases(args), args),
         "floors": run_floors(args),
         "concurrency": run_concurrency(args),
+        "collector": run_collector(args),
+        "clients": run_many_clients(args),
     }
     report["machine"] = machine() | {"load_average_5min": [load_before, os.getloadavg()[1]]}
     report["config"]["duration_s"] = time.monotonic() - started

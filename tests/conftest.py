@@ -143,3 +143,13 @@ def no_leaked_greenlets() -> Iterator[GreenletLedger]:
     ledger = GreenletLedger()
     yield ledger
     ledger.check()
+
+
+@pytest.fixture
+def checkpoint_every_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drivers checkpoint at every decision point (each write, each frame loaded), as on
+    trio, instead of only when they have run `streampickle._turns.RUN_FOR` without the event
+    loop having had a turn: for the tests of the checkpoints themselves."""
+    from streampickle import _turns
+
+    monkeypatch.setattr(_turns, "RUN_FOR", 0.0)

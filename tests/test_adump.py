@@ -496,6 +496,7 @@ class NeverPushesBack(AwaitableWrite):
     transport is not paused."""
 
 
+@pytest.mark.usefixtures("checkpoint_every_frame")
 async def test_other_tasks_run_between_writes() -> None:
     beats: list[int] = []  # the number of writes done, at each heartbeat
     writer = NeverPushesBack()
@@ -512,12 +513,13 @@ async def test_other_tasks_run_between_writes() -> None:
             await streampickle.adump(OBJ, writer, 5)
             tg.cancel_scope.cancel()
     assert writer.writes >= 20
-    # each write ends in a checkpoint, so the heartbeat runs at least once in every two
-    # writes (trio may run the two tasks in either order within one scheduling batch)
+    # each write ends in a checkpoint (checkpoint_every_frame), so the heartbeat runs at least
+    # once in every two writes (trio may run the two tasks in either order within one batch)
     assert max(b - a for a, b in itertools.pairwise(beats)) <= 2
     assert beats[0] <= 2 and beats[-1] >= writer.writes - 2  # beating all along
 
 
+@pytest.mark.usefixtures("checkpoint_every_frame")
 @pytest.mark.backends("asyncio", "uvloop")
 async def test_asyncio_stream_writer_does_not_starve_the_loop(tmp_path: Path) -> None:
     client_sock, server_sock = raw_socket_pair(socket.AF_INET, tmp_path)
@@ -569,6 +571,7 @@ class CancellingWriter(AwaitableWrite):
             await anyio.lowlevel.checkpoint()
 
 
+@pytest.mark.usefixtures("checkpoint_every_frame")
 @pytest.mark.parametrize("where", ["in-write", "at-checkpoint"])
 @pytest.mark.parametrize("index", range(CANCEL_WRITES))
 async def test_cancellation_at_every_await_unwinds_the_pickler(

@@ -632,6 +632,7 @@ class _NeverWaits(ByteReceiveStream):
         self.pos = len(self.data)
 
 
+@pytest.mark.usefixtures("checkpoint_every_frame")
 @pytest.mark.parametrize("allow", [None, []], ids=["trusted", "restricted"])
 async def test_a_load_from_buffered_data_lets_other_tasks_run(
     allow: Any, anyio_backend: Any

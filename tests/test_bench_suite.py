@@ -32,6 +32,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
          "--backends", ",".join(BACKENDS), "--methods", ",".join(METHODS),
          "--sizes-records", "0.2", "--sizes-arrays", "1", "--clients", "8",
          "--object-kb", "200", "--gate-kb", "70",
+         "--collector-records", "20000", "--many-clients", "20",
          "--out", str(out), "--markdown", str(markdown)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
@@ -42,7 +43,8 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
 def test_json_has_the_documented_keys(suite: tuple[Path, dict[str, Any], str]) -> None:
     _, report, _ = suite
     assert set(report) == {
-        "machine", "config", "transfers", "receivers", "floors", "concurrency", "targets", "plots"
+        "machine", "config", "transfers", "receivers", "floors", "concurrency", "collector",
+        "clients", "targets", "plots",
     }  # fmt: skip
     floors = {row["payload"]: row for row in report["floors"]}
     assert set(floors) == {"records", "arrays"}
@@ -85,6 +87,25 @@ def test_concurrency_mode_reports_memory_per_stream(
         assert row["per_stream_kib"] == pytest.approx(
             row["server_rss_in_flight_mib"] * 1024 / row["clients"]
         )
+
+
+def test_the_collector_and_many_clients_scenarios(
+    suite: tuple[Path, dict[str, Any], str],
+) -> None:
+    """Both scenarios ran (every object checked by their children) and their tables, with
+    the floor and the streampickle/naive ratio, are in RESULTS.md."""
+    out, report, markdown = suite
+    ways = report["collector"]["results"]["20000"]
+    assert set(ways) == {"streampickle", "streampickle, pause off", "floor",
+                         "pickle.loads, collector on"}  # fmt: skip
+    assert all(run["seconds"] > 0 for runs in ways.values() for run in runs)
+    clients = report["clients"]["results"]["20"]
+    assert set(clients) == {"streampickle", "naive"}
+    assert all(run["intact"] == 20 for runs in clients.values() for run in runs)
+    assert "## Receiving object graphs: the collector" in markdown
+    assert "| 20,000 | floor |" in markdown
+    assert "## Many concurrent clients" in markdown and "| 20 | ratio |" in markdown
+    assert (out / "collector.md").exists() and (out / "clients.md").exists()
 
 
 def test_plots_and_results_md_are_written(suite: tuple[Path, dict[str, Any], str]) -> None:

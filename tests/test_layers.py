@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"_policy", "_globals", "_inspect"},
     {"_cengine"},
     {"_adapters"},
-    {"_dump", "_load", "_ownership"},
+    {"_dump", "_load", "_ownership", "_turns"},
     {"_pickler", "_unpickler"},
     {"_async", "_auth"},
     {"_stream"},

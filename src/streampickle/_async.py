@@ -55,12 +55,13 @@ async def adump(
     copy. At protocols 0-3 there are no frames: the C pickler writes what it has only at the
     end (and when it meets a large ``bytes`` at protocols 1-3), so the loop is blocked for the
     whole pickling and memory holds the whole pickle. At 4 and 5, pickling runs synchronously
-    between writes: the event loop is blocked for at most about one frame's worth of pickling.
-    Each write is awaited (the stream's backpressure suspends pickling) and followed by a
-    checkpoint, so other tasks run even on a stream that never pushes back. The pickled
-    buffers must not be mutated until ``adump`` returns; a transport may hold views of them
-    until it has flushed (asyncio selector transports do on Python 3.12+), so close the
-    writer first if you mean to mutate them.
+    between writes. Each write is awaited (the stream's backpressure suspends pickling), then
+    followed by a checkpoint if the pickler has run for 2 ms without the event loop having had
+    a turn (on trio, by one after every write), so other tasks run even on a stream that never
+    pushes back: the loop is blocked for at most about 2 ms plus a frame's worth of pickling.
+    The pickled buffers must not be mutated until ``adump`` returns; a transport may hold views
+    of them until it has flushed (asyncio selector transports do on Python 3.12+), so close
+    the writer first if you mean to mutate them.
 
     Errors: pickling errors (``PicklingError``, ``TypeError``, ``RecursionError``, ...) are the
     ones ``pickle.dump`` raises, from the object that caused them; the stream's errors

@@ -29,7 +29,8 @@ ever.
 
 When it stays out of the way: on Python 3.14+, free-threaded builds and other implementations
 (`SUPPORTED`); when the caller disabled the collector (``gc.disable()``, left as it is); when the
-process has frozen objects (``gc.freeze()``: unfreezing would unfreeze them too); and after
+process has frozen objects (``gc.freeze()``: unfreezing would unfreeze them too; the immortal
+tuples CPython 3.12 freezes at start-up excepted); and after
 ``set_gc_pause(False)``. Not thread-aware beyond this: a thread that disables the collector
 while another thread's load runs a segment gets it re-enabled when that segment ends.
 """
@@ -53,9 +54,9 @@ SUPPORTED = (
     and sys.version_info < (3, 14)
     and not sysconfig.get_config_var("Py_GIL_DISABLED")
 )
-#: ``loads`` of fewer bytes than this (a frame) does not pause; the async drivers begin
-#: pausing once a pickle has handed the unpickler a frame's worth.
-SMALL = 1 << 16
+#: ``loads`` of fewer bytes than this does not pause (the async drivers begin pausing once a
+#: pickle has handed the unpickler as many): a smaller graph costs the collector little.
+SMALL = 1 << 20
 #: A segment starts with a young collection when the young generation holds at least this
 #: many objects (other tasks' since the collector last ran: at most its threshold, 700), so
 #: that their young garbage is collected before the segment's objects are settled with them.
@@ -70,6 +71,10 @@ GROWTH = 0.25
 CHECK_EVERY = 1 << 16
 
 _enabled = SUPPORTED
+#: Objects the interpreter itself froze at start-up: CPython 3.12 puts its immortal static
+#: tuples (375 here) in the permanent generation. Settling unfreezes them, as ``gc.unfreeze()``
+#: would (they stay immortal); any other frozen object keeps loads from settling.
+_STARTUP_FROZEN = gc.get_freeze_count() if sys.version_info[:2] == (3, 12) else 0
 
 
 class _Debt:
@@ -77,6 +82,7 @@ class _Debt:
 
     objects = 0
     checked = 0  # objects when `begin` last looked
+    total = 0  # objects settled since the start (never reset)
     full_collections = 0  # gc.get_stats()[-1]["collections"] when last looked
     blocks = 0  # sys.getallocatedblocks() after that collection (or at the first settle)
 
@@ -99,7 +105,7 @@ def set_gc_pause(enabled: bool) -> bool:
 def begin() -> bool:
     """Whether a load about to build may pause the collector in its segments. Runs the full
     collection its debt makes due first (see the module's docstring)."""
-    if not _enabled or not gc.isenabled() or gc.get_freeze_count():
+    if not _enabled or not gc.isenabled() or not _nothing_frozen():
         return False
     if _Debt.objects >= _Debt.checked + CHECK_EVERY:
         _Debt.checked = _Debt.objects
@@ -109,6 +115,12 @@ def begin() -> bool:
             gc.collect()
             _Debt.objects = _Debt.checked = 0
     return True
+
+
+def _nothing_frozen() -> bool:
+    """No object is frozen but those the interpreter froze at start-up (see `_STARTUP_FROZEN`)."""
+    frozen = gc.get_freeze_count()
+    return not frozen or frozen == _STARTUP_FROZEN
 
 
 def pause() -> bool:
@@ -128,13 +140,14 @@ def resume(paused: bool) -> None:
     if not paused:
         return
     young = gc.get_count()[0]
-    if young >= gc.get_threshold()[0] and not gc.get_freeze_count():
+    if young >= gc.get_threshold()[0] and _nothing_frozen():
         if not _Debt.objects:
             _Debt.full_collections = gc.get_stats()[-1]["collections"]
             _Debt.blocks = sys.getallocatedblocks()
         gc.freeze()
         gc.unfreeze()
         _Debt.objects += young
+        _Debt.total += young
     gc.enable()
 
 

@@ -1,9 +1,10 @@
 """The async dump driver: `write_chunks` moves an engine's chunks into a stream.
 
 The engine yields chunks synchronously; this driver writes each through the stream's `Writer`
-adapter. Backpressure comes from awaiting the stream, fairness from a checkpoint after every
-write, and bounded memory from never holding more than one chunk (large chunks are cut into
-memoryview slices of at most `PIECE_SIZE` bytes, never copied whole).
+adapter. Backpressure comes from awaiting the stream, fairness from a checkpoint after a write
+when one is due (`streampickle._turns`), and bounded memory from never holding more than one
+chunk (large chunks are cut into memoryview slices of at most `PIECE_SIZE` bytes, never copied
+whole).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import anyio.lowlevel
 from ._adapters import writer_for
 from ._ownership import hold
 from ._sansio import PIECE_SIZE, Chunk, Progress
+from ._turns import Turns
 
 __all__ = ["slices", "write_chunks"]
 
@@ -42,6 +44,7 @@ async def write_chunks(
     """
     try:
         writer = writer_for(stream)
+        turns = Turns()
         with hold(stream, "adump") as held:
             for chunk in chunks:  # pickling runs here, synchronously: about one frame
                 for piece in slices(chunk):
@@ -51,9 +54,13 @@ async def write_chunks(
                     if progress is not None:
                         progress(held.moved)
                     # drain() returns without yielding while the transport is not paused, and
-                    # some streams never yield: the checkpoint lets other tasks run between
-                    # writes.
-                    await anyio.lowlevel.checkpoint()
+                    # some streams never yield: a checkpoint lets other tasks run between
+                    # writes, when one is due (see streampickle._turns).
+                    if turns.due():
+                        await anyio.lowlevel.checkpoint()
+                        turns.gave()
+                    else:  # a cancellation still lands here, within a write
+                        await anyio.lowlevel.checkpoint_if_cancelled()
             return held.moved
     finally:
         chunks.close()

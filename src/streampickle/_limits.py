@@ -188,6 +188,8 @@ def load_limits(allow: object, options: LimitOptions) -> Limits | None:
     every pickle ``pickle.load`` accepts). Restricted: every field of `Limits`, its defaults for
     those not given. ``TypeError`` for a restricted-only limit without *allow*.
     """
+    if allow is None and not options:  # the common trusted load: nothing to check
+        return None
     options = _unbundled(allow, options)
     restricted_options(allow, options)
     fields: dict[str, Any] = dict(options)  # no bundle left in it

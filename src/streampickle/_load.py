@@ -20,12 +20,13 @@ import pickle
 from collections.abc import Generator
 from typing import Any
 
-from anyio.lowlevel import checkpoint
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from . import _collector
 from ._adapters import Source, source_for
 from ._opcodes import PICKLE_STARTS, framed
 from ._sansio import PIECE_SIZE, Peek, Progress, Read, ReadInto, Request
+from ._turns import Turns
 
 __all__ = ["READ_AHEAD", "Loader", "open_loader"]
 
@@ -33,9 +34,10 @@ __all__ = ["READ_AHEAD", "Loader", "open_loader"]
 READ_AHEAD = 1 << 16
 #: How many of a pickle's first bytes a `Loader` keeps (its mode, and error messages).
 HEAD = 16
-#: A load lets other tasks run (an anyio checkpoint) each time it has handed the unpickler
-#: this many bytes, about a frame: answered from read-ahead data, or by a source that had
-#: them buffered, a load would otherwise never wait.
+#: Each time a load has handed the unpickler this many bytes (about a frame) it may let other
+#: tasks run (an anyio checkpoint, when `streampickle._turns.Turns` says one is due): answered
+#: from read-ahead data, or by a source that had them buffered, a load would otherwise never
+#: wait.
 YIELD_EVERY = 1 << 16
 
 
@@ -98,9 +100,9 @@ class Loader:
         read ahead, framed or not.
         ``progress(n)`` is called whenever more of the pickle was read: *n* is the number of
         its bytes read so far (strictly increasing; pieces of a large payload count as read).
-        Once a pickle has handed the unpickler `YIELD_EVERY` bytes, each run of the unpickler
-        between two requests pauses the garbage collector (`streampickle._collector`); it is
-        never paused across an await.
+        Once a pickle has handed the unpickler ``_collector.SMALL`` bytes (1 MiB), each run of
+        the unpickler between two requests pauses the garbage collector
+        (`streampickle._collector`); it is never paused across an await.
 
         Raises what the unpickler raises (``EOFError`` at end of stream before the first byte,
         ``UnpicklingError``/``EOFError`` for a truncated pickle, `LimitExceeded` from the
@@ -113,6 +115,8 @@ class Loader:
         reply: Any = None
         unyielded = 0  # bytes handed on since the load last let other tasks run
         pausing: bool | None = None  # may the collector be paused (None: not asked yet)
+        turns: Turns | None = None  # made at the first decision point: small pickles need none
+        handed = 0  # bytes handed to the unpickler, counted up to _collector.SMALL
         try:
             while True:
                 if pausing:  # each run of the unpickler is a segment (see _collector)
@@ -131,10 +135,16 @@ class Loader:
                     reply = await self._answer(request)
                 unyielded += reply if type(reply) is int else len(reply)
                 if unyielded >= YIELD_EVERY:
+                    if pausing is None and (handed := handed + unyielded) >= _collector.SMALL:
+                        pausing = _collector.begin()  # a graph worth pausing for
                     unyielded = 0
-                    if pausing is None:  # past a frame: a pickle worth pausing for
-                        pausing = _collector.begin()
-                    await checkpoint()
+                    if turns is None:
+                        turns = Turns()
+                    if turns.due():
+                        await checkpoint()
+                        turns.gave()
+                    else:  # a cancellation still lands here, within a frame
+                        await checkpoint_if_cancelled()
         except StopIteration as stop:
             return stop.value
         finally:
@@ -233,7 +243,8 @@ class Loader:
 
     def _take(self, size: int, *, consume: bool = True) -> bytes:
         start = self._pos
-        data = bytes(self._buffer[start : start + size])
+        with memoryview(self._buffer) as view:  # one copy (a bytearray slice would be two)
+            data = bytes(view[start : start + size])
         if consume:
             self._pos += size
             if self._pos == len(self._buffer):

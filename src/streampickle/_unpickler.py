@@ -168,7 +168,7 @@ def loads(
             allow=allow,
             **limits,
         )
-    if len(data) < _collector.SMALL:  # a frame or less: not worth a pause
+    if len(data) < _collector.SMALL:  # not worth a pause
         return pickle.loads(
             data, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
         )

@@ -1,0 +1,162 @@
+"""When the drivers let other tasks run (`streampickle._turns`): on asyncio only once they have
+run `RUN_FOR` without the event loop having had a turn; on trio at every decision point.
+
+The clock is the module's ``perf_counter``, replaced here by a fake one, so that nothing
+depends on this machine's speed: *frozen* (the driver never runs long enough) or *ticking*
+(each reading is 1 ms after the last).
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+from anyio.abc import ByteReceiveStream
+
+import streampickle
+from streampickle import _turns
+
+pytestmark = pytest.mark.anyio
+
+OBJ = [{"id": i, "name": f"row {i}"} for i in range(30_000)]  # 11 frames at protocol 5
+DATA = pickle.dumps(OBJ, 5)
+
+
+def clock(step: float) -> Callable[[], float]:
+    """A fake ``perf_counter`` that advances *step* seconds each time it is read."""
+    counter: Iterator[int] = itertools.count()
+    return lambda: next(counter) * step
+
+
+class Writer:
+    """Takes every write at once, never yielding (a transport that never pauses)."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    async def write(self, data: bytes) -> None:
+        self.writes += 1
+
+
+class Reader(ByteReceiveStream):
+    """Hands out DATA without ever waiting (a reader that had it all buffered)."""
+
+    def __init__(self) -> None:
+        self.pos = 0
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self.pos >= len(DATA):
+            raise anyio.EndOfStream
+        start, self.pos = self.pos, self.pos + max_bytes
+        return DATA[start : self.pos]
+
+    async def aclose(self) -> None:
+        self.pos = len(DATA)
+
+
+async def beats_during(work: Callable[[], Any], progress: Callable[[], int]) -> list[int]:
+    """Run *work* beside a task that records ``progress()`` each time it runs, from the
+    moment *work* starts to the moment it ends."""
+    beats: list[int] = []
+    done = False
+
+    async def heartbeat() -> None:
+        while not done:
+            beats.append(progress())
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(heartbeat)
+        await anyio.lowlevel.checkpoint()
+        beats.clear()
+        await work()
+        done = True
+    return beats
+
+
+@pytest.mark.backends("asyncio", "uvloop")
+async def test_a_quick_adump_on_asyncio_does_not_stop_for_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pickler that never runs RUN_FOR (a frozen clock) writes all its frames in one go:
+    other tasks do not run in between (a thousand small transfers then do not all progress
+    together, each holding a half-written pickle)."""
+    monkeypatch.setattr(_turns, "perf_counter", clock(0.0))
+    writer = Writer()
+    beats = await beats_during(lambda: streampickle.adump(OBJ, writer, 5), lambda: writer.writes)
+    assert writer.writes >= 10
+    assert all(beat in (0, writer.writes) for beat in beats)
+
+
+@pytest.mark.backends("asyncio", "uvloop")
+async def test_a_long_adump_on_asyncio_lets_others_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With each write taking 1 ms (a ticking clock) and RUN_FOR 2 ms, other tasks run at
+    least once every three writes."""
+    monkeypatch.setattr(_turns, "perf_counter", clock(0.001))
+    writer = Writer()
+    beats = await beats_during(lambda: streampickle.adump(OBJ, writer, 5), lambda: writer.writes)
+    assert writer.writes >= 10
+    assert max(b - a for a, b in itertools.pairwise([0, *beats, writer.writes])) <= 3
+
+
+@pytest.mark.backends("asyncio", "uvloop")
+async def test_a_quick_aload_on_asyncio_does_not_stop_for_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_turns, "perf_counter", clock(0.0))
+    reader = Reader()
+    obj: list[Any] = []
+
+    async def load() -> None:
+        obj.append(await streampickle.aload(reader))
+
+    beats = await beats_during(load, lambda: reader.pos)
+    assert obj == [OBJ]
+    assert all(beat in (0, reader.pos) for beat in beats)
+
+
+@pytest.mark.backends("asyncio", "uvloop")
+async def test_a_long_aload_on_asyncio_lets_others_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ticking: each frame's decision point comes 1 ms after the last."""
+    monkeypatch.setattr(_turns, "perf_counter", clock(0.001))
+    reader = Reader()
+    beats = await beats_during(lambda: streampickle.aload(reader), lambda: reader.pos)
+    assert len({beat for beat in beats if 0 < beat < len(DATA)}) >= 3  # all along the load
+
+
+@pytest.mark.backends("asyncio", "uvloop")
+async def test_a_stream_that_waits_gets_no_extra_checkpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A writer whose writes let the loop run (a paused transport's drain) needs no checkpoint
+    of ours, however long the pickling runs."""
+    monkeypatch.setattr(_turns, "perf_counter", clock(0.01))
+    answers: list[bool] = []
+    due = _turns.Turns.due
+
+    def spy(self: _turns.Turns) -> bool:
+        answers.append(due(self))
+        return answers[-1]
+
+    monkeypatch.setattr(_turns.Turns, "due", spy)
+
+    class Waits(Writer):
+        async def write(self, data: bytes) -> None:
+            await anyio.lowlevel.checkpoint()  # the loop runs
+            self.writes += 1
+
+    await streampickle.adump(OBJ, Waits(), 5)
+    assert len(answers) >= 10 and not any(answers)
+
+
+@pytest.mark.backends("trio")
+async def test_on_trio_every_decision_point_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_turns, "perf_counter", clock(0.0))
+    writer = Writer()
+    beats = await beats_during(lambda: streampickle.adump(OBJ, writer, 5), lambda: writer.writes)
+    assert max(b - a for a, b in itertools.pairwise([0, *beats, writer.writes])) <= 2

@@ -127,9 +127,10 @@ class Loader:
                         _collector.resume(paused)
                 else:
                     request = requests.send(reply)
-                # Most requests are answered from the buffer, without a coroutine; the loop
-                # still gets a turn about once a frame, however fast the data came.
-                # (a source's own awaits may not: a StreamReader with data buffered).
+                # Most requests are answered from the buffer, without a coroutine, and a
+                # source's own awaits may not yield (a StreamReader with data buffered): the
+                # loop still gets a turn when one is due (about once a frame is checked),
+                # however fast the data came.
                 reply = self._answer_buffered(request)
                 if reply is None:
                     reply = await self._answer(request)

@@ -230,8 +230,8 @@ def test_inspect_stream_of_pickles_text(tmp_path: Path, capsys: pytest.CaptureFi
     assert f"total: 4 pickles, {path.stat().st_size:,} bytes" in out
     assert "large payloads: 1 (smallest 3,145,728, largest 3,145,728" in out
     assert "out-of-band buffers: 1" in out
-    assert "globals: none (it loads even under allow=[])" in out
-    assert out.count("globals: none (it loads even under allow=[])") == 3
+    assert out.count("globals: none (allow=[] is enough for them)") == 3
+    assert out.count("limits: within Limits' defaults (what allow= checks)") == 4
     allowlists = [line.strip() for line in out.splitlines() if "Allowlist(" in line]
     assert allowlists == ["Allowlist([('collections', 'OrderedDict')])"]
 
@@ -247,7 +247,28 @@ def test_inspect_stream_of_pickles_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert [p["protocol"] for p in document["pickles"]] == [0, 1, 2]
     keys = {"offset", "size", "protocol", "frames", "large_payloads", "out_of_band_buffers"}
     keys |= {"opcodes", "opcode_count", "globals", "dangerous_globals", "allowlist"}
-    assert all(set(p) == keys for p in document["pickles"])
+    assert all(set(p) == keys | {"limits_needed"} for p in document["pickles"])
+    assert all(p["limits_needed"] == {} for p in document["pickles"])
+
+
+def test_inspect_prints_the_limits_a_pickle_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A payload over max_payload_size (64 MiB): inspect names the keyword and the value, and
+    a restricted load with exactly that passes (without it, LimitExceeded)."""
+    data = pickle.dumps(b"p" * (65 << 20), 5)
+    path = tmp_path / "big.pkl"
+    path.write_bytes(data)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    needed = 65 << 20
+    assert f"to load it under allow=, also pass max_payload_size={needed}" in out
+    assert inspect_json(capsys, str(path))["pickles"][0]["limits_needed"] == {
+        "max_payload_size": needed
+    }
+    with pytest.raises(streampickle.LimitExceeded, match="max_payload_size"):
+        streampickle.loads(data, allow=[])
+    assert streampickle.loads(data, allow=[], max_payload_size=needed) == b"p" * needed
 
 
 def test_inspect_dangerous_global(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

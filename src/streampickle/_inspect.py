@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from ._globals import opcodes_and_globals
+from ._limits import Limits
 from ._opcodes import LENGTH_FIELDS, PICKLE_STARTS
 from ._policy import ALLOW_NUMPY, Pair, is_dangerous
 from ._sansio import PIECE_SIZE
@@ -62,6 +63,10 @@ class Stats:
         self.max = size if self.max is None else max(self.max, size)
 
 
+#: The opcodes that add a memo entry.
+_MEMO_OPCODES = ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT")
+
+
 @dataclass
 class PickleReport:
     """What `inspect_stream` found in one pickle."""
@@ -75,6 +80,21 @@ class PickleReport:
     out_of_band_buffers: int = 0  #: NEXT_BUFFER opcodes (protocol 5 ``buffer_callback``)
     opcodes: Counter[str] = field(default_factory=Counter)
     globals: list[Pair] = field(default_factory=list)  #: as `required_globals` lists them
+
+    def limits_needed(self) -> dict[str, int]:
+        """The `Limits` fields (keyword: value) this pickle needs raised above their defaults to
+        load under ``allow=`` (those it can measure: frames, size, payloads, opcodes, memo)."""
+        measured = {
+            "max_frame_size": self.frames.max or 0,
+            "max_object_size": self.size,
+            "max_payload_size": self.large_payloads.max or 0,
+            "max_opcodes": sum(self.opcodes.values()),
+            "max_memo_size": sum(self.opcodes[name] for name in _MEMO_OPCODES),
+        }
+        defaults = Limits()
+        return {
+            name: needed for name, needed in measured.items() if needed > getattr(defaults, name)
+        }
 
     @property
     def dangerous_globals(self) -> list[Pair]:

@@ -24,13 +24,15 @@ pickle, in order: its offset and size, its protocol, its frames (count, smallest
 total), its large payloads (bytes, str or buffers of {LARGE_PAYLOAD:,} bytes or more, which a
 protocol 4/5 pickler writes outside frames), its out-of-band buffers (protocol 5), its opcode
 counts, and the globals it references: the Allowlist needed to load it with
-streampickle.load(..., allow=...), printed as Python source to paste. Nothing is imported or
+streampickle.load(..., allow=...), printed as Python source to paste, and the limits it needs
+raised above Limits' defaults (which allow= checks), as keywords. Nothing is imported or
 unpickled.
 
 --json prints {{"pickles": [...], "count", "total_bytes", "error"}}; each pickle has "offset",
 "size", "protocol", "frames" and "large_payloads" ({{"count", "min", "max", "total"}}, and
 "sizes" for payloads), "out_of_band_buffers", "opcodes" ({{name: count}}), "opcode_count",
-"globals" ([[module, name], ...]), "dangerous_globals" and "allowlist".
+"globals" ([[module, name], ...]), "dangerous_globals", "allowlist" and "limits_needed"
+({{keyword: value}}).
 
 A malformed, truncated or empty input prints what was read before the error (the JSON
 document then has "error" set), the error as one line on stderr, and exits with status 1."""
@@ -97,15 +99,21 @@ def _describe(number: int, report: PickleReport) -> Iterator[str]:
     for name, times in report.opcodes.most_common():
         yield f"    {name:{width}}  {times:>12,}"
     if not report.globals:
-        yield "  globals: none (it loads even under allow=[])"
-        return
-    yield f"  globals: {len(report.globals)}; the allowlist it needs:"
-    yield f"    {report.allowlist_source()}"
+        yield "  globals: none (allow=[] is enough for them)"
+    else:
+        yield f"  globals: {len(report.globals)}; the allowlist it needs:"
+        yield f"    {report.allowlist_source()}"
     for module, name in report.dangerous_globals:
         yield (
             f"    warning: {printable(f'{module}.{name}')} is known to be dangerous (it can run "
             "code)"
         )
+    needed = report.limits_needed()
+    if not needed:
+        yield "  limits: within Limits' defaults (what allow= checks)"
+        return
+    keywords = ", ".join(f"{name}={value}" for name, value in needed.items())
+    yield f"  limits: beyond Limits' defaults; to load it under allow=, also pass {keywords}"
 
 
 def _stats(stats: Stats) -> str:
@@ -147,4 +155,5 @@ def _report_json(report: PickleReport) -> dict[str, Any]:
         "globals": [list(pair) for pair in report.globals],
         "dangerous_globals": [list(pair) for pair in report.dangerous_globals],
         "allowlist": report.allowlist_source(),
+        "limits_needed": report.limits_needed(),
     }

@@ -1,7 +1,7 @@
 """The benchmark suite: streampickle against the naive ways, on asyncio, uvloop and trio.
 
     python benchmarks/run_suite.py            # the published run: about 10 minutes on 2 cores
-    python benchmarks/run_suite.py --quick    # small sizes, one run each: under a minute
+    python benchmarks/run_suite.py --quick    # small sizes, one run each, into results-quick/
 
 Every transfer runs its sender and its receiver in two fresh processes over loopback TCP (see
 `bench_stream`), for each backend x method x payload x size, ``--repeat`` times (interleaved, so
@@ -131,8 +131,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the receivers-alone runs (the largest size, pickled before the clock starts)",
     )  # fmt: skip
     parser.add_argument("--verify", action="store_true", help="compare whole pickles' digests")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    parser.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument(
+        "--out", type=Path,
+        help="where the JSON, plots and tables go (default benchmarks/results; with --quick "
+        "benchmarks/results-quick, so that a quick run never overwrites the published one)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--markdown", type=Path,
+        help="the report (default benchmarks/RESULTS.md; with --quick OUT/RESULTS.md)",
+    )  # fmt: skip
     parser.add_argument(
         "--render-only", action="store_true",
         help="redo targets, plots and markdown from OUT/results.json, without running",
@@ -141,6 +148,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     default_sizes = QUICK_SIZES if args.quick else FULL_SIZES
     args.sizes_records = args.sizes_records or default_sizes["records"]
     args.sizes_arrays = args.sizes_arrays or default_sizes["arrays"]
+    args.out = args.out or HERE / ("results-quick" if args.quick else "results")
+    args.markdown = args.markdown or (
+        args.out / "RESULTS.md" if args.quick else HERE / "RESULTS.md"
+    )
     args.repeat = args.repeat or (1 if args.quick else 3)
     args.clients = args.clients if args.clients is not None else (50 if args.quick else 1000)
     if args.collector_records is None:

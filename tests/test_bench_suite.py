@@ -138,3 +138,15 @@ def test_render_only_rebuilds_plots_and_markdown(
     assert rendered.read_text() == markdown  # nothing re-measured: the same document
     for file in report["plots"].values():
         assert (out / file).read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_quick_runs_never_overwrite_the_published_results() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import run_suite
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    quick, full = run_suite.parse(["--quick"]), run_suite.parse([])
+    assert full.out == BENCHMARKS / "results" and full.markdown == BENCHMARKS / "RESULTS.md"
+    assert quick.out == BENCHMARKS / "results-quick"
+    assert quick.markdown == BENCHMARKS / "results-quick" / "RESULTS.md"

@@ -16,7 +16,8 @@ first *settles* them: ``gc.freeze()`` and ``gc.unfreeze()`` move every generatio
 oldest one without visiting an object. (`pause` starts with a young collection of what other
 tasks left in the young generation, so that their young garbage is collected at once rather
 than settled; visiting the segment's own objects would cost 7% of the load.) No full
-collection runs during the load, and none is triggered by it.
+collection runs during the load. CPython still runs one over the grown heap some time later,
+when its own trigger fires, as after any large allocation.
 
 What that costs, and why nothing leaks: objects moved this way are not counted by the
 collector's own trigger for a full collection, so garbage cycles among them (a received graph

@@ -38,29 +38,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_protocols import add_output_options, median_range, write_outputs
+from bench_restricted import reset_peak, status_mib
 from bench_server import make_object, raise_open_file_limit
-from bench_stream import HOST, PREFIX, current_rss_mib, heartbeat, run_pair
+from bench_stream import HOST, PREFIX, heartbeat, run_pair
 
 import streampickle
 
 WAYS = ("streampickle", "naive")
 ACK = b"k"
-
-
-def reset_peak() -> bool:
-    """Reset the kernel's peak-RSS mark (Linux); False where it cannot be."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return current_rss_mib()
 
 
 # -- the server -----------------------------------------------------------------------------
@@ -93,8 +78,8 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
     streampickle.loads(warm)
     gc.collect()
     server = await asyncio.start_server(handle, HOST, 0, backlog=args.clients)
-    before = current_rss_mib()
     reset_peak()
+    before = status_mib("VmRSS")
     async with heartbeat() as beat:
         beat.reset()
         print(server.sockets[0].getsockname()[1], flush=True)
@@ -103,7 +88,7 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
     server.close()
     return {
         "intact": intact,
-        "server_rss_mib": peak_rss_mib() - before,
+        "server_rss_mib": status_mib("VmHWM") - before,
         "server_stall_ms": stall * 1000,
         "server_s": time.monotonic() - started[0],
     }
@@ -116,8 +101,8 @@ async def run_clients(args: argparse.Namespace) -> dict[str, Any]:
     port = int(sys.stdin.readline())
     objects = [make_object(number, args.object_kb) for number in range(args.clients)]
     gc.collect()
-    before = current_rss_mib()
     reset_peak()
+    before = status_mib("VmRSS")
 
     async def client(obj: Any) -> None:
         reader, writer = await asyncio.open_connection(HOST, port)
@@ -136,7 +121,7 @@ async def run_clients(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.gather(*(client(obj) for obj in objects))
     return {
         "seconds": time.monotonic() - start,
-        "clients_rss_mib": peak_rss_mib() - before,
+        "clients_rss_mib": status_mib("VmHWM") - before,
         "pickle_kb": len(pickle.dumps(objects[0], 5)) / 1000,
     }
 

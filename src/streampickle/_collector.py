@@ -65,8 +65,6 @@ COLLECT_FROM = 64
 #: A full collection is due at a load's start when the allocated blocks grew by this fraction
 #: since the last one, and objects were settled since (the collector's own ratio).
 GROWTH = 0.25
-
-
 #: `begin` looks at the heap (about 150 us for 6M blocks) at most once per this many objects
 #: settled.
 CHECK_EVERY = 1 << 16

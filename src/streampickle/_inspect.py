@@ -22,6 +22,7 @@ from ._globals import opcodes_and_globals
 from ._limits import Limits
 from ._opcodes import LENGTH_FIELDS, PICKLE_STARTS
 from ._policy import ALLOW_NUMPY, Pair, is_dangerous
+from ._policy.rules import MEMO_PUT
 from ._sansio import PIECE_SIZE
 
 __all__ = ["LARGE_PAYLOAD", "SKIP_OVER", "PickleReport", "Stats", "inspect_stream"]
@@ -63,10 +64,6 @@ class Stats:
         self.max = size if self.max is None else max(self.max, size)
 
 
-#: The opcodes that add a memo entry.
-_MEMO_OPCODES = ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT")
-
-
 @dataclass
 class PickleReport:
     """What `inspect_stream` found in one pickle."""
@@ -89,7 +86,7 @@ class PickleReport:
             "max_object_size": self.size,
             "max_payload_size": self.large_payloads.max or 0,
             "max_opcodes": sum(self.opcodes.values()),
-            "max_memo_size": sum(self.opcodes[name] for name in _MEMO_OPCODES),
+            "max_memo_size": sum(self.opcodes[name] for name in (*MEMO_PUT, "MEMOIZE")),
         }
         defaults = Limits()
         return {

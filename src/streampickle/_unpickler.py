@@ -168,15 +168,13 @@ def loads(
             allow=allow,
             **limits,
         )
-    if len(data) < _collector.SMALL:  # not worth a pause
+
+    def plain() -> Any:
         return pickle.loads(
             data, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
         )
-    return _collector.run(
-        lambda: pickle.loads(
-            data, fix_imports=fix_imports, encoding=encoding, errors=errors, buffers=buffers
-        )
-    )
+
+    return plain() if len(data) < _collector.SMALL else _collector.run(plain)  # small: no pause
 
 
 def iter_loads(

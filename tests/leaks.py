@@ -19,8 +19,12 @@ def live_greenlets() -> int:
     return sum(
         1
         for o in gc.get_objects()
-        # bool(g): started and not dead (an unstarted greenlet holds no frame)
-        if isinstance(o, greenlet.greenlet) and o.parent is not None and bool(o)
+        # bool(g): started and not dead (an unstarted greenlet holds no frame); an idle
+        # worker of the engine's pool holds no job's frame either
+        if isinstance(o, greenlet.greenlet)
+        and o.parent is not None
+        and bool(o)
+        and not getattr(o, "idle", False)
     )
 
 
@@ -34,6 +38,9 @@ def freeze_the_collected() -> None:
     is running then, so none is hidden; ``gc.get_referrers`` no longer sees frozen referrers
     (only hypothesis's ``register_random`` relies on it, at import, before the freeze).
     """
+    from streampickle import _cengine
+
+    _cengine._pool.idle.clear()  # idle workers made at import would be frozen: invisible
     gc.collect()
     assert live_greenlets() == 0
     gc.freeze()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextvars
 import copyreg
+import gc
 import io
 import pickle
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +19,7 @@ import streampickle
 from chunks import FRAME_TARGET, assert_whole_chunks
 from corpus import Plain, Reduced
 from leaks import GreenletLedger
+from streampickle import _cengine
 
 
 def big_graph() -> list[Any]:
@@ -319,3 +322,94 @@ def test_peek_replies_are_checked_before_the_c_unpickler_sees_them(reply: Any) -
     else:
         with pytest.raises(TypeError, match="peek\\(\\) must return bytes"):
             gen.send(reply)
+
+
+# -- the worker pool ---------------------------------------------------------------------------
+
+
+def _workers() -> list[Any]:
+    return [o for o in gc.get_objects() if isinstance(o, _cengine._Worker)]
+
+
+def test_workers_are_reused_and_hold_nothing_of_their_last_job() -> None:
+    """A finished job's worker runs the next job, and while idle refers to nothing of the
+    last one: its result and its exception's frames are freed by reference counting alone."""
+    data = pickle.dumps(Plain(1, 2), 5)
+    streampickle.loads(data)  # (no worker: loads of bytes is pickle's own)
+    list(streampickle.iter_dumps([1], 5))
+    before = len(_workers())
+    for _ in range(50):
+        list(streampickle.iter_dumps([Plain(2, 3)], 5))
+    assert len(_workers()) == before  # one worker ran them all
+
+    class Tracked:
+        pass
+
+    def job() -> Tracked:
+        return Tracked()
+
+    def failing() -> None:
+        local = Tracked()  # noqa: F841  (referenced by the traceback's frame)
+        raise ValueError("boom")
+
+    gc.disable()
+    try:
+        result = _cengine.generate(job)
+        with pytest.raises(StopIteration) as stop:
+            next(result)
+        alive = weakref.ref(stop.value.value)
+        del stop
+        assert alive() is None
+
+        refs: list[weakref.ref[Any]] = []
+        gen = _cengine.generate(failing)
+        with pytest.raises(ValueError, match="boom") as raised:
+            next(gen)
+        frame = raised.value.__traceback__
+        while frame is not None:  # the job's frame, with its local (only its f_locals: a
+            # snapshot of this test's own would hold the exception)
+            if frame.tb_frame.f_code is failing.__code__:
+                refs.append(weakref.ref(frame.tb_frame.f_locals["local"]))
+            frame = frame.tb_next
+        assert refs
+        del raised, frame, gen
+        assert [r() for r in refs] == [None]
+    finally:
+        gc.enable()
+
+
+def test_workers_beyond_the_pool_end_without_the_collector() -> None:
+    """More jobs in flight at once than the pool keeps: the extra workers end when their jobs
+    do, with the cyclic collector off (a worker referring to itself would live until a full
+    collection, with its stacks)."""
+    count = _cengine.POOL_SIZE + 20
+    gc.disable()
+    try:
+        gens = [streampickle.iter_dumps(list(range(30_000)), 4) for _ in range(count)]
+        for gen in gens:
+            next(gen)  # each waits on a worker of its own
+        assert len([w for w in _workers() if not w.idle]) >= count
+        for gen in gens:
+            for _ in gen:
+                pass
+        del gens
+        assert len([w for w in _workers() if not w.dead]) <= _cengine.POOL_SIZE
+    finally:
+        gc.enable()
+
+
+def test_each_thread_has_its_own_workers() -> None:
+    """Jobs started in other threads run on those threads' workers (greenlets cannot switch
+    across threads) and give the same chunks."""
+    expected = list(streampickle.iter_dumps([Plain(3, 4)] * 3, 5))
+    results: list[list[Any]] = []
+
+    def run() -> None:
+        results.append(list(streampickle.iter_dumps([Plain(3, 4)] * 3, 5)))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [expected] * 4

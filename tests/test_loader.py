@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import gc
 import io
 import pickle
 import random
 from collections.abc import Generator
 from typing import Any
 
-import greenlet
 import pytest
 
 import streampickle
 from corpus import Plain
+from leaks import GreenletLedger
 from streampickle import Peek, Read, ReadInto, ReadLine, Request
 
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
@@ -171,13 +170,14 @@ def test_unpickler_memo_kept_across_iter_loads() -> None:
     assert feeder.load(unpickler.iter_load()) is first
 
 
-def test_early_close_of_the_loader_leaves_no_greenlet() -> None:
+def test_early_close_of_the_loader_leaves_no_greenlet(
+    no_leaked_greenlets: GreenletLedger,
+) -> None:
     gen = streampickle.iter_loads()
     assert isinstance(next(gen), Peek | Read)
+    assert no_leaked_greenlets.leaked() == 1  # the unpickler waits on its worker
     gen.close()
-    gc.collect()
-    alive = [o for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and o and o.parent]
-    assert alive == []
+    assert no_leaked_greenlets.leaked() == 0
 
 
 def test_unpickler_without_file() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import pickle
+import random
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ import anyio.streams.stapled
 import pytest
 from anyio.abc import SocketAttribute
 
+import streampickle
 from netutil import asyncio_pipe, tcp_pair
 from streampickle import LimitExceeded, PickleStream
 
@@ -296,3 +298,75 @@ def test_a_bad_protocol_is_refused_at_construction(protocol: Any) -> None:
     stream = anyio.streams.stapled.StapledObjectStream(left, right)
     with left, right, pytest.raises((ValueError, TypeError), match="protocol"):
         PickleStream(stream, protocol=protocol)
+
+
+def frame_edge_objects() -> list[Any]:
+    """Objects whose pickles put FRAME (0x95) and STOP (0x2e) bytes where a reader that
+    guessed the pickle's structure from its bytes would go wrong: arguments full of 0x95,
+    frames ending in 0x2e, frames of about the read-ahead size, payloads outside frames, and
+    pickles too small to be framed."""
+    rng = random.Random(95)
+    objects: list[Any] = [46, ".", b"\x95", None, b"\x95" * 9]
+    for size in (1_000, 65_000, 65_536, 66_000, 131_072, 200_000):
+        objects.append(b"\x95" * size)
+        objects.append([bytes([0x95] * rng.randrange(1, 12)) for _ in range(size // 8)])
+        objects.append(["." * rng.randrange(1, 40) for _ in range(size // 20)])
+        objects.append([46] * (size // 2))
+    return objects
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+async def test_request_reply_never_waits_past_a_pickle(protocol: int, anyio_backend: Any) -> None:
+    """A peer that sends one object and waits for the answer before sending the next: each
+    receive returns with only that object's bytes on the wire (a receive that waited for
+    more would hang the conversation; the timeout turns that into a failure)."""
+    objects = frame_edge_objects()
+    async with stream_pair(protocol=protocol) as (left, right), anyio.create_task_group() as group:
+
+        async def answer() -> None:
+            for _ in objects:
+                await right.send(await right.receive())
+
+        group.start_soon(answer)
+        with anyio.fail_after(30):
+            for obj in objects:
+                await left.send(obj)
+                assert await left.receive() == obj
+
+
+@pytest.mark.backends("asyncio", "uvloop")
+@pytest.mark.parametrize("protocol", [4, 5])
+async def test_request_reply_over_an_asyncio_reader(protocol: int, anyio_backend: Any) -> None:
+    """The same conversation read with `aload` from an asyncio ``StreamReader``, which the
+    loader reads ahead on and hands back what it read past each pickle."""
+    objects = frame_edge_objects()
+    async with asyncio_pipe() as (reader, writer), asyncio_pipe() as (replies, answerer):
+
+        async def answer() -> None:
+            for _ in objects:
+                answerer.write(pickle.dumps(await streampickle.aload(reader), protocol))
+                await answerer.drain()
+
+        task = asyncio.ensure_future(answer())
+        with anyio.fail_after(30):
+            for obj in objects:
+                await streampickle.adump(obj, writer, protocol)
+                assert await streampickle.aload(replies) == obj
+        await task
+
+
+async def test_a_frame_opcode_byte_inside_an_argument_is_not_a_frame(anyio_backend: Any) -> None:
+    """A 0x95 byte (FRAME) followed by a small length, as the first bytes of a LONG1
+    argument that arrives in a receive of its own: a loader that took it for a frame would
+    wait for 100 bytes the pickle does not have (the peer sends nothing more: a hang)."""
+    digits = b"\x95" + (100).to_bytes(8, "little") + b"\x01" * 11
+    data = b"\x80\x04" + pickle.LONG1 + bytes([len(digits)]) + digits + pickle.STOP
+    expected = int.from_bytes(digits, "little", signed=True)
+    assert pickle.loads(data) == expected
+    send, receive = anyio.create_memory_object_stream[bytes](2)
+    stream = PickleStream(anyio.streams.stapled.StapledObjectStream(send, receive))
+    async with stream:
+        await send.send(data[:4])  # PROTO, LONG1 and its length
+        await send.send(data[4:])
+        with anyio.fail_after(5):
+            assert await stream.receive() == expected

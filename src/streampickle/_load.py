@@ -24,7 +24,7 @@ from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from . import _collector
 from ._adapters import Source, source_for
-from ._opcodes import PICKLE_STARTS, framed
+from ._opcodes import FRAME, PICKLE_STARTS, framed
 from ._sansio import PIECE_SIZE, Peek, Progress, Read, ReadInto, Request
 from ._turns import Turns
 
@@ -39,6 +39,10 @@ HEAD = 16
 #: from read-ahead data, or by a source that had them buffered, a load would otherwise never
 #: wait.
 YIELD_EVERY = 1 << 16
+#: The largest frame a `Peek` is answered with whole (see `Loader._frame_span`).
+PEEK_FRAME_MAX = 1 << 20
+#: How a framed pickle starts: PROTO 4 or 5, then FRAME.
+_FRAMED_STARTS = (b"\x80\x04", b"\x80\x05")
 
 
 class Loader:
@@ -68,6 +72,9 @@ class Loader:
         self._peek = source.can_unread  # may answer Peek with data
         self._guarded = False
         self._owned = False
+        self._peeked = b""  # the last Peek's reply, kept while unconsumed (see _answer_peek)
+        self._peeked_at = -1  # where it starts: a count of the pickle's bytes consumed
+        self._boundary = 0  # a count of consumed bytes known to end at a frame's end
 
     @property
     def buffered(self) -> int:
@@ -111,6 +118,7 @@ class Loader:
         self.consumed, self.eof = 0, False
         self._progress, self._reported = progress, 0
         self._head, self._guarded, self._owned = b"", guarded, owned
+        self._peeked, self._peeked_at, self._boundary = b"", -1, 0
         self._choose_mode()
         reply: Any = None
         unyielded = 0  # bytes handed on since the load last let other tasks run
@@ -149,6 +157,7 @@ class Loader:
         except StopIteration as stop:
             return stop.value
         finally:
+            self._peeked = b""
             requests.close()
 
     def preload(self, data: bytes) -> None:
@@ -188,8 +197,18 @@ class Loader:
         if isinstance(request, Peek):
             if not self._peek:
                 return b""
-            return self._take(min(request.size, self.buffered), consume=False) or None
+            span = self._frame_span()
+            if span > self.buffered or not self.buffered:
+                return None
+            return self._answer_peek(span or min(request.size, self.buffered), span > 0)
         if isinstance(request, Read):
+            peeked = self._peeked
+            if len(peeked) == request.size and self._peeked_at == self.consumed:
+                # The C unpickler consumes what it parsed from a peek with a read whose reply
+                # it drops; when that is the whole peek, its reply is the same bytes again.
+                self._skip(len(peeked))
+                self._peeked = b""
+                return self._consumed(peeked)
             if self.buffered < request.size:
                 return None
             return self._consumed(self._take(request.size))
@@ -205,8 +224,14 @@ class Loader:
 
     async def _answer(self, request: Request) -> bytes | int:
         if isinstance(request, Peek):
-            await self._fill()
-            return self._take(min(request.size, self.buffered), consume=False)
+            if not self.buffered:
+                await self._fill()
+            span = self._frame_span()
+            while self.buffered < span and await self._fill():
+                pass
+            if span and self.buffered >= span:
+                return self._answer_peek(span, True)
+            return self._answer_peek(min(request.size, self.buffered), False)
         if isinstance(request, Read):
             return self._consumed(await self._read(request.size))
         if isinstance(request, ReadInto):
@@ -242,15 +267,48 @@ class Loader:
 
     # -- the buffer -----------------------------------------------------------------------------
 
+    def _frame_span(self) -> int:
+        """The bytes from the buffer's position to the end of the frame that starts there, or
+        0 unless the buffered bytes show one: PROTO 4 or 5 then FRAME at a pickle's start, or
+        FRAME where an earlier frame peeked whole was consumed whole (an opcode boundary; a
+        0x95 byte elsewhere may be an argument's). Answering a `Peek` with exactly one whole
+        frame lets the C unpickler parse it from that one copy, and its read consuming the
+        peek is then answered with the same bytes (see `_answer_buffered`). The frame's bytes
+        are the pickle's, which the unpickler reads in any case, so waiting for them never
+        waits for data the pickle does not have."""
+        if self._boundary != self.consumed:
+            return 0
+        buffer, start = self._buffer, self._pos
+        head = 0
+        if self.consumed == 0:
+            if bytes(buffer[start : start + 2]) not in _FRAMED_STARTS:
+                return 0
+            head = 2
+        if len(buffer) - start < head + 9 or buffer[start + head] != FRAME:
+            return 0
+        length = int.from_bytes(buffer[start + head + 1 : start + head + 9], "little")
+        return head + 9 + length if length <= PEEK_FRAME_MAX else 0
+
+    def _answer_peek(self, size: int, whole_frame: bool) -> bytes:
+        """The next *size* buffered bytes, unconsumed; kept (`_peeked`) for the read that
+        consumes them. *whole_frame*: they end at a frame's end (see `_frame_span`)."""
+        self._peeked = data = self._take(size, consume=False)
+        self._peeked_at = self.consumed
+        self._boundary = self.consumed + size if whole_frame else -1
+        return data
+
+    def _skip(self, size: int) -> None:
+        self._pos += size
+        if self._pos == len(self._buffer):
+            self._buffer.clear()
+            self._pos = 0
+
     def _take(self, size: int, *, consume: bool = True) -> bytes:
         start = self._pos
         with memoryview(self._buffer) as view:  # one copy (a bytearray slice would be two)
             data = bytes(view[start : start + size])
         if consume:
-            self._pos += size
-            if self._pos == len(self._buffer):
-                self._buffer.clear()
-                self._pos = 0
+            self._skip(size)
         return data
 
     async def _fill(self) -> int:

@@ -9,6 +9,7 @@ else allocates; the rest runs here.
 from __future__ import annotations
 
 import gc
+import io
 import pickle
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import textwrap
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import anyio.lowlevel
@@ -33,6 +34,7 @@ def unfrozen() -> Iterator[None]:
     """The suite freezes what its modules built (conftest.py, for cheap leak checks), and
     frozen objects turn the pause off: unfreeze them for each test here, refreeze after."""
     gc.unfreeze()
+    _collector._frozen_until = 0.0  # what earlier tests' frozen objects left noted
     try:
         yield
     finally:
@@ -67,7 +69,7 @@ def run_child(code: str) -> str:
 
 
 CHILD = """
-import asyncio, gc, pickle, sys
+import asyncio, gc, io, pickle, sys
 import anyio
 import streampickle
 
@@ -90,6 +92,8 @@ async def aload() -> object:
 def load(way: str) -> object:
     if way == "loads":
         return streampickle.loads(DATA)
+    if way == "load":  # from a file: the pause begins once 1 MiB was read
+        return streampickle.load(io.BufferedReader(io.BytesIO(DATA)))
     if way == "pickle":
         return pickle.loads(DATA)
     return anyio.run(aload, backend=way)
@@ -129,13 +133,47 @@ def full_collections(way: str, pause: bool) -> int:
 
 
 @needs_support
-@pytest.mark.parametrize("way", ["loads", "asyncio", "trio"])
+@pytest.mark.parametrize("way", ["loads", "load", "asyncio", "trio"])
 def test_a_large_load_runs_no_full_collection(way: str) -> None:
     """300k tracked records: no full collection while they are built. The control, the same
     load with the pause off, runs several on 3.10 and 3.11 (3.12+ collect less often)."""
     assert full_collections(way, pause=True) == 0
     if sys.version_info < (3, 12):
         assert full_collections(way, pause=False) >= 2
+
+
+class Probe:
+    """Notes, as it is unpickled, whether the collector is enabled at that point of the load."""
+
+    seen: ClassVar[list[bool]] = []
+
+    def __setstate__(self, state: Any) -> None:
+        Probe.seen.append(gc.isenabled())
+
+
+@needs_support
+def test_a_load_from_a_file_pauses_only_once_it_is_large() -> None:
+    """``load`` of a file (whose size is not known in advance) leaves the collector on for
+    its first MiB: a small load pays no pause and no young collection of its own; a large
+    one is paused from there on, and the collector is on again afterwards."""
+    probe = Probe()
+    probe.__dict__["x"] = 1  # a state, so that __setstate__ runs
+    small = pickle.dumps([probe, [[i] for i in range(100)], probe], 5)
+    large = pickle.dumps([probe, b"x" * (2 << 20), [[i] for i in range(100)], _fresh(probe)], 5)
+    for file in (io.BytesIO, lambda data: io.BufferedReader(io.BytesIO(data))):
+        Probe.seen.clear()
+        streampickle.load(file(small))
+        assert Probe.seen == [True]  # (the second is a memo reference)
+        Probe.seen.clear()
+        streampickle.load(file(large))
+        assert Probe.seen == [True, False]
+        assert gc.isenabled()
+
+
+def _fresh(probe: Probe) -> Probe:
+    other = Probe()
+    other.__dict__.update(vars(probe))
+    return other
 
 
 @needs_support
@@ -357,3 +395,36 @@ def test_dropped_cyclic_graphs_are_freed() -> None:
     )
     most, _alive = map(int, output.split())
     assert most <= 4, output
+
+
+@needs_support
+def test_frozen_objects_are_counted_once_per_recheck(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting frozen objects walks them all (``gc.get_freeze_count`` took 10 ms per load
+    in this suite's frozen heap): with some frozen, large loads count them once per
+    `RECHECK` seconds, leave the collector alone meanwhile, and look again after."""
+    frozen = [[i] for i in range(1000)]
+    gc.freeze()
+    calls: list[int] = []
+    count = gc.get_freeze_count
+
+    def counting() -> int:
+        calls.append(1)
+        return count()
+
+    monkeypatch.setattr(gc, "get_freeze_count", counting)
+    data = pickle.dumps([[i] for i in range(200_000)], 5)  # over 1 MiB: loads pause
+    assert len(data) >= _collector.SMALL
+    try:
+        for _ in range(5):
+            assert streampickle.loads(data) == pickle.loads(data)
+        for _ in range(200):  # as many large loads beginning
+            assert not _collector.begin()  # the pause stays off meanwhile
+        assert len(calls) == 1
+        gc.unfreeze()
+        assert not _collector.begin()  # until the finding expires...
+        monkeypatch.setattr(_collector, "_frozen_until", 1.0)  # (long ago)
+        assert _collector.begin()  # ...then the unfrozen heap is seen
+        assert len(calls) == 2
+    finally:
+        gc.unfreeze()
+        del frozen

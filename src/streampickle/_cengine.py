@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from greenlet import error as greenlet_error
 from greenlet import getcurrent, greenlet
 
+from ._collector import Lazy
 from ._sansio import Chunk, Peek, Read, ReadInto, ReadLine, Request, as_chunk
 
 __all__ = ["Sink", "Source", "generate", "iter_dump", "iter_load", "suspend"]
@@ -293,36 +294,46 @@ class Source:
 
     ``peek`` is always offered so that the C unpickler prefetches when it can; a target without
     ``peek`` answers ``b""``, which makes the unpickler read exactly what it needs instead.
+    While ``segment`` is set, each read is counted on it (`streampickle._collector.Lazy`).
     """
 
-    __slots__ = ("target",)
+    __slots__ = ("segment", "target")
 
     def __init__(self, target: Any) -> None:
         self.target = target
+        self.segment: Lazy | None = None
 
     def read(self, size: int = -1) -> bytes:
         data: bytes = self.target.read(size)
+        if self.segment is not None:
+            self.segment.read(len(data))
         return data
 
     def readinto(self, buffer: Any) -> int:
         readinto = getattr(self.target, "readinto", None)
         if readinto is not None:
             count: int = readinto(buffer)
-            return count
-        view = memoryview(buffer).cast("B")
-        data = self.target.read(len(view))
-        view[: len(data)] = data
-        return len(data)
+        else:
+            view = memoryview(buffer).cast("B")
+            data = self.target.read(len(view))
+            view[: len(data)] = data
+            count = len(data)
+        if self.segment is not None:
+            self.segment.read(count)
+        return count
 
     def readline(self, size: int = -1) -> bytes:
         readline = getattr(self.target, "readline", None)
         if readline is not None:
             line: bytes = readline() if size < 0 else readline(size)
-            return line
-        out = bytearray()  # a file with only read(): one byte at a time, never past the newline
-        while not out.endswith(b"\n") and len(out) != size and (byte := self.target.read(1)):
-            out += byte
-        return bytes(out)
+        else:  # a file with only read(): one byte at a time, never past the newline
+            out = bytearray()
+            while not out.endswith(b"\n") and len(out) != size and (byte := self.target.read(1)):
+                out += byte
+            line = bytes(out)
+        if self.segment is not None:
+            self.segment.read(len(line))
+        return line
 
     def peek(self, size: int = 0) -> bytes:
         peek = getattr(self.target, "peek", None)

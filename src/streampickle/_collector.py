@@ -31,7 +31,8 @@ ever.
 When it stays out of the way: on Python 3.14+, free-threaded builds and other implementations
 (`SUPPORTED`); when the caller disabled the collector (``gc.disable()``, left as it is); when the
 process has frozen objects (``gc.freeze()``: unfreezing would unfreeze them too; the immortal
-tuples CPython 3.12 freezes at start-up excepted); and after
+tuples CPython 3.12 freezes at start-up excepted; found frozen, they are counted again only
+every `RECHECK` seconds, as counting walks them all); and after
 ``set_gc_pause(False)``. Not thread-aware beyond this: a thread that disables the collector
 while another thread's load runs a segment gets it re-enabled when that segment ends.
 """
@@ -42,11 +43,12 @@ import gc
 import sys
 import sysconfig
 from collections.abc import Callable
+from time import monotonic
 from typing import TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["SMALL", "SUPPORTED", "begin", "pause", "resume", "run", "set_gc_pause"]
+__all__ = ["SMALL", "SUPPORTED", "Lazy", "begin", "pause", "resume", "run", "set_gc_pause"]
 
 #: Where pausing helps and moving generations with ``gc.freeze()``/``gc.unfreeze()`` is known
 #: to be O(1): CPython 3.10-3.13 with the GIL (3.14's collector is incremental).
@@ -74,6 +76,10 @@ _enabled = SUPPORTED
 #: tuples (375 here) in the permanent generation. Settling unfreezes them, as ``gc.unfreeze()``
 #: would (they stay immortal); any other frozen object keeps loads from settling.
 _STARTUP_FROZEN = gc.get_freeze_count() if sys.version_info[:2] == (3, 12) else 0
+#: Seconds a finding that other objects are frozen stands before they are counted again
+#: (see `_nothing_frozen`): a process that unfreezes them gets the pause back within this.
+RECHECK = 10.0
+_frozen_until = 0.0  # monotonic() until which objects are taken to be frozen (0: look)
 
 
 class _Debt:
@@ -117,9 +123,22 @@ def begin() -> bool:
 
 
 def _nothing_frozen() -> bool:
-    """No object is frozen but those the interpreter froze at start-up (see `_STARTUP_FROZEN`)."""
+    """No object is frozen but those the interpreter froze at start-up (see `_STARTUP_FROZEN`).
+
+    ``gc.get_freeze_count()`` walks the frozen objects (10 ms for a million: a pre-fork
+    server that froze its heap would pay that on every load), so once it finds some, that
+    finding stands for `RECHECK` seconds; with none frozen the count is free.
+    """
+    global _frozen_until
+    if _frozen_until:
+        if monotonic() < _frozen_until:
+            return False
+        _frozen_until = 0.0
     frozen = gc.get_freeze_count()
-    return not frozen or frozen == _STARTUP_FROZEN
+    if not frozen or frozen == _STARTUP_FROZEN:
+        return True
+    _frozen_until = monotonic() + RECHECK
+    return False
 
 
 def pause() -> bool:
@@ -148,6 +167,28 @@ def resume(paused: bool) -> None:
         _Debt.objects += young
         _Debt.total += young
     gc.enable()
+
+
+class Lazy:
+    """A segment that begins once a load has read `SMALL` bytes: for a sync load from a file,
+    whose size is not known before (a small load then pays one comparison per read, not a
+    pause and a young collection). Call `read` with each read's size and `end` when the load
+    is over."""
+
+    __slots__ = ("left", "paused")
+
+    def __init__(self) -> None:
+        self.left = SMALL
+        self.paused: bool | None = None  # None: not begun
+
+    def read(self, count: int) -> None:
+        self.left -= count
+        if self.left <= 0 and self.paused is None:
+            self.paused = pause() if begin() else False
+
+    def end(self) -> None:
+        if self.paused:
+            resume(True)
 
 
 def run(func: Callable[[], T]) -> T:

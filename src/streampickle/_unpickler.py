@@ -97,7 +97,14 @@ class Unpickler(pickle.Unpickler):
         if getattr(self, "_byte_limits", None) is not None:
             assert source is not None
             return drive_load(self.iter_load(), source.target)
-        return _collector.run(self._load)
+        if source is None:  # __init__ was not called: pickle's own error
+            return self._load()
+        source.segment = segment = _collector.Lazy()  # pauses once the load is large
+        try:
+            return self._load()
+        finally:
+            source.segment = None
+            segment.end()
 
     def iter_load(self) -> Generator[Request, Any, Any]:
         """Load one object sans-IO: a generator of read requests whose return value is the object.

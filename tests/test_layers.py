@@ -168,7 +168,7 @@ def test_adapters_know_streams_not_pickles() -> None:
 def test_the_checks_see_the_imports() -> None:
     """The parser finds what the rules rest on (so a rule cannot pass by reading nothing)."""
     assert "_adapters" in internal_imports("_load")
-    assert "anyio" in GRAPH["_dump"][1]
+    assert "anyio" in GRAPH["_turns"][1]
     assert {"_policy.model", "_limits"} <= internal_imports("_policy.rules")
     assert "_cli.demo" in internal_imports("_cli")
     assert layer("_adapters._asyncio") == layer("_adapters")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 
-import anyio.lowlevel
-
 from ._adapters import writer_for
 from ._ownership import hold
 from ._sansio import PIECE_SIZE, Chunk, Progress
@@ -56,11 +54,7 @@ async def write_chunks(
                     # drain() returns without yielding while the transport is not paused, and
                     # some streams never yield: a checkpoint lets other tasks run between
                     # writes, when one is due (see streampickle._turns).
-                    if turns.due():
-                        await anyio.lowlevel.checkpoint()
-                        turns.gave()
-                    else:  # a cancellation still lands here, within a write
-                        await anyio.lowlevel.checkpoint_if_cancelled()
+                    await turns.take()
             return held.moved
     finally:
         chunks.close()

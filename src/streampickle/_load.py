@@ -20,8 +20,6 @@ import pickle
 from collections.abc import Generator
 from typing import Any
 
-from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
-
 from . import _collector
 from ._adapters import Source, source_for
 from ._opcodes import FRAME, PICKLE_STARTS, framed
@@ -149,11 +147,7 @@ class Loader:
                     unyielded = 0
                     if turns is None:
                         turns = Turns()
-                    if turns.due():
-                        await checkpoint()
-                        turns.gave()
-                    else:  # a cancellation still lands here, within a frame
-                        await checkpoint_if_cancelled()
+                    await turns.take()
         except StopIteration as stop:
             return stop.value
         finally:

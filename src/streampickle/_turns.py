@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 from time import perf_counter
 
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
+
 __all__ = ["RUN_FOR", "Turns"]
 
 #: Seconds a driver may run without the event loop having had a turn.
@@ -28,8 +30,9 @@ RUN_FOR = 0.002
 
 
 class Turns:
-    """One load's or dump's view of the event loop's turns; create it in the task, then call
-    `due` at each decision point and `gave` after the checkpoint it asked for."""
+    """One load's or dump's view of the event loop's turns; create it in the task, then await
+    `take` at each decision point (or call `due`, and `gave` after the checkpoint it asked
+    for)."""
 
     __slots__ = ("_loop", "_ran", "_since")
 
@@ -51,6 +54,15 @@ class Turns:
             self.gave()
             return False
         return perf_counter() - self._since >= RUN_FOR
+
+    async def take(self) -> None:
+        """At a decision point: a checkpoint if one is `due`, else only a cancellation check
+        (a cancellation still lands there, within a frame or a write)."""
+        if self.due():
+            await checkpoint()
+            self.gave()
+        else:
+            await checkpoint_if_cancelled()
 
     def gave(self) -> None:
         """The loop just had a turn (a checkpoint): arm the probe again."""

@@ -180,3 +180,27 @@ async def test_streams_are_not_kept_alive(anyio_backend: Any) -> None:
     del writer
     gc.collect()
     assert ref() is None
+
+
+async def test_a_pickle_streams_parked_read_ahead_keeps_nothing_alive(anyio_backend: Any) -> None:
+    """A `PickleStream` parks what it read ahead with the stream's state (for the next
+    reader of the stream); that state holds no reference to the stream or the PickleStream:
+    both go once the user drops them, and their state with them."""
+    from anyio.streams.stapled import StapledObjectStream
+
+    from streampickle import _ownership
+
+    send, receive = anyio.create_memory_object_stream[bytes](10)
+    await send.send(pickle.dumps(1, 5) + pickle.dumps(2, 5))  # one chunk: 2 is read ahead
+    transport = StapledObjectStream(send, receive)
+    stream = streampickle.PickleStream(transport)
+    assert await stream.receive() == 1
+    assert await streampickle.PickleStream(transport).receive() == 2  # took over the bytes
+    refs: list[weakref.ref[Any]] = [weakref.ref(transport), weakref.ref(stream)]
+    states = len(_ownership._STATES)
+    del stream, transport
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+    assert len(_ownership._STATES) < states
+    send.close()
+    receive.close()

@@ -142,6 +142,47 @@ async def test_cancel_receive_before_and_inside_object(anyio_backend: Any) -> No
             await right.receive()
 
 
+async def test_streams_over_one_transport_share_its_turns_and_brokenness(
+    anyio_backend: Any,
+) -> None:
+    """Two `PickleStream` s over one transport (a user's mistake) read it as one would: one
+    receiving while the other does is refused, and one that broke the transport breaks it
+    for the other too, and for aload/adump of it, receiving and sending alike."""
+    async with stream_pair() as (left, right):
+        other_right = PickleStream(right.transport_stream)
+        other_left = PickleStream(left.transport_stream)
+        got: list[Any] = []
+
+        async def receive() -> None:
+            got.append(await right.receive())
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(receive)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(anyio.BusyResourceError):
+                await other_right.receive()
+            await other_left.send("first")
+        await left.send("second")
+        assert got == ["first"] and await other_right.receive() == "second"
+
+        data = pickle.dumps(list(range(50_000)), 5)
+        await left.transport_stream.send(data[: len(data) // 2])
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(other_right.receive)
+                await anyio.wait_all_tasks_blocked()
+                scope.cancel()
+        for broken in (right.receive(), streampickle.aload(right.transport_stream)):
+            with pytest.raises(anyio.BrokenResourceError, match="inside"):
+                await broken
+
+        with anyio.CancelScope() as scope:
+            await left.send([b"a" * 70_000, CancelWhenPickled(scope), b"b" * 70_000])
+        for broken in (other_left.send(1), streampickle.adump(1, left.transport_stream)):
+            with pytest.raises(anyio.BrokenResourceError, match="partial pickle"):
+                await broken
+
+
 async def test_limits_and_closed(anyio_backend: Any) -> None:
     async with stream_pair(max_frame_size=1000) as (left, right):
         await left.send(list(range(30_000)))

@@ -149,3 +149,8 @@ async def test_object_cancel_send_half_way(
 @pytest.mark.parametrize("kind", kinds(OBJECT_KINDS, "leftovers"))
 async def test_object_leftovers(kind: ObjectKind, env: Env) -> None:
     await streams.check_object_leftovers(kind, env)
+
+
+@pytest.mark.parametrize("kind", kinds(OBJECT_KINDS, "handover"))
+async def test_object_handover(kind: ObjectKind, env: Env) -> None:
+    await streams.check_object_handover(kind, env)

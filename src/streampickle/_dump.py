@@ -30,12 +30,17 @@ def slices(chunk: Chunk) -> Iterator[Chunk]:
 
 
 async def write_chunks(
-    chunks: Generator[Chunk, None, None], stream: object, progress: Progress | None = None
+    chunks: Generator[Chunk, None, None],
+    stream: object,
+    progress: Progress | None = None,
+    *,
+    owner: object = None,
 ) -> int:
     """Write the engine's *chunks* to *stream*; return the number of bytes written.
 
     The stream is checked (``TypeError``, see `streampickle._adapters.writer_for`) before
-    the first chunk is pickled, and held for the whole pickle (`streampickle._ownership.hold`):
+    the first chunk is pickled, and held for the whole pickle (`streampickle._ownership.hold`;
+    *owner*, if given, is held instead: the user's stream that *stream* wraps):
     ``anyio.BusyResourceError`` while another task writes a pickle to it,
     ``anyio.BrokenResourceError`` once a write of a pickle to it stopped part-way. *chunks*
     is always closed on exit, so an error or a cancellation unwinds the pickler.
@@ -43,7 +48,7 @@ async def write_chunks(
     try:
         writer = writer_for(stream)
         turns = Turns()
-        with hold(stream, "adump") as held:
+        with hold(stream if owner is None else owner, "adump") as held:
             for chunk in chunks:  # pickling runs here, synchronously: about one frame
                 for piece in slices(chunk):
                     held.started = True  # a write interrupted half-way breaks the stream

@@ -154,6 +154,25 @@ class Loader:
             self._peeked = b""
             requests.close()
 
+    @property
+    def buffer(self) -> bytearray:
+        """The read-ahead buffer (the same object for the loader's life)."""
+        return self._buffer
+
+    def parked(self) -> tuple[bytearray, int]:
+        """Its buffer and where the unconsumed bytes in it start, with the rest of a chunk the
+        source holds moved in behind them: what another reader of the stream takes on from
+        (`streampickle._ownership.Hold.park`)."""
+        self._buffer += self.source.take_surplus()
+        return self._buffer, self._pos
+
+    def restart(self, data: bytes) -> None:
+        """Forget the buffer (another reader of the stream took its bytes) and start from
+        *data*, what the stream's last reader read past its pickle."""
+        self._buffer.clear()
+        self._pos = 0
+        self._buffer += data
+
     def preload(self, data: bytes) -> None:
         """Put *data* (what an earlier load of the stream read past its pickle) in front."""
         self._buffer += data

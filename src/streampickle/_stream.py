@@ -11,11 +11,18 @@ import anyio
 from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
 from anyio.abc import AnyByteStream, ByteStream, ObjectStream
 
-from ._adapters import AsyncioByteStream, TransportSource, TrioByteStream, WebSocketByteStream
+from ._adapters import (
+    AsyncioByteStream,
+    TransportSource,
+    TrioByteStream,
+    WebSocketByteStream,
+    underlying,
+)
 from ._auth import DEFAULT_HANDSHAKE_TIMEOUT, authenticate
 from ._dump import write_chunks
 from ._limits import LimitOptions, load_limits
 from ._load import Loader
+from ._ownership import hold
 from ._pickler import iter_dumps
 from ._policy import AllowSpec
 from ._sansio import Chunk, Progress
@@ -49,6 +56,13 @@ class PickleStream(ObjectStream[Any]):
 
     Concurrency: concurrent ``send`` calls are serialized (each object goes out whole, in the
     order the lock is acquired); so are concurrent ``receive`` calls.
+
+    One user stream, many readers: what a ``receive`` read ahead belongs to the stream under
+    the transport (the asyncio reader, the trio stream, the websocket, the anyio stream), not
+    to this object. A new `PickleStream` over the same stream (one per message, say), or an
+    ``aload`` of it, continues right after the last object received; a ``receive`` while
+    another reader of the stream is inside a pickle raises ``anyio.BusyResourceError``, and
+    a stream one of them broke is broken for all (likewise for senders and ``adump``).
 
     Errors: ``receive`` raises ``anyio.EndOfStream`` at a clean end of stream (between
     objects), and ``anyio.BrokenResourceError`` (from the unpickler's ``UnpicklingError`` or
@@ -94,6 +108,10 @@ class PickleStream(ObjectStream[Any]):
             unpickler_class=unpickler_class, allow=allow, limits=self.limits
         )
         self._loader = Loader(TransportSource(transport_stream))
+        # The user's streams under the transport: their read-ahead, turns and brokenness are
+        # shared with every other PickleStream and aload/adump of them (_ownership).
+        self._reads = hold(underlying(transport_stream, "aload"), "aload")
+        self._writes = underlying(transport_stream, "adump")
         self._send_lock = anyio.Lock()
         self._receive_lock = anyio.Lock()
         self._partial = False  # the current send has handed a chunk to the transport
@@ -204,7 +222,9 @@ class PickleStream(ObjectStream[Any]):
                 )
             chunks = iter_dumps(item, self.protocol, pickler_class=self.pickler_class)
             try:
-                await write_chunks(self._track(chunks), self.transport_stream, progress)
+                await write_chunks(
+                    self._track(chunks), self.transport_stream, progress, owner=self._writes
+                )
             except BaseException:
                 self._send_broken = self._partial
                 raise
@@ -235,18 +255,28 @@ class PickleStream(ObjectStream[Any]):
                     "that pickle is still on the stream, so nothing more can be received"
                 )
             loader = self._loader
-            try:
-                options = self._options
-                return await loader.load(options.requests(), progress, guarded=options.guarded)
-            except BaseException as exc:
-                self._receive_broken = loader.consumed > 0
-                if isinstance(exc, (EOFError, pickle.UnpicklingError)) and loader.eof:
-                    if not self._receive_broken:
-                        raise EndOfStream from None
-                    raise BrokenResourceError(
-                        f"the stream ended inside a pickle, after {loader.consumed} bytes"
-                    ) from exc
-                raise
+            with self._reads as held:
+                # What another reader of the stream read past its last pickle comes first;
+                # what this one reads ahead stays in its buffer, for whoever reads next.
+                leftover = held.take_over(loader.buffer)
+                if leftover is not None:
+                    loader.restart(leftover)
+                try:
+                    options = self._options
+                    return await loader.load(options.requests(), progress, guarded=options.guarded)
+                except BaseException as exc:
+                    self._receive_broken = loader.consumed > 0
+                    if isinstance(exc, (EOFError, pickle.UnpicklingError)) and loader.eof:
+                        if not self._receive_broken:
+                            raise EndOfStream from None
+                        raise BrokenResourceError(
+                            f"the stream ended inside a pickle, after {loader.consumed} bytes"
+                        ) from exc
+                    raise
+                finally:
+                    held.started = loader.consumed > 0
+                    held.moved = loader.consumed
+                    held.park(*loader.parked())
 
     async def send_eof(self) -> None:
         """Close the sending side of the transport (half-close) after the last object."""

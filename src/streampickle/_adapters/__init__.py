@@ -41,6 +41,7 @@ __all__ = [
     "WebSocketByteStream",
     "Writer",
     "source_for",
+    "underlying",
     "writer_for",
 ]
 
@@ -155,3 +156,16 @@ def _lookup(kinds: list[Kind], stream: object) -> Any:
         if kind.accepts(stream):
             return kind.adapter
     return None
+
+
+def underlying(transport: object, role: str) -> object:
+    """The user's stream object under a `PickleStream`'s *transport* for *role* (``"aload"``:
+    reading, ``"adump"``: writing): the one ``aload``/``adump`` take, whose ownership state
+    (`streampickle._ownership`) every `PickleStream` over it shares with them."""
+    if isinstance(transport, AsyncioByteStream):
+        return transport.reader if role == "aload" else transport.writer
+    if isinstance(transport, TrioByteStream):
+        return transport.stream
+    if isinstance(transport, WebSocketByteStream):
+        return transport.connection
+    return transport

@@ -13,7 +13,7 @@ from anyio.abc import AnyByteStream, ByteReceiveStream, ByteSendStream, SocketAt
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .._sansio import Chunk
-from ._base import Source
+from ._base import Source, SurplusHolder
 
 __all__ = [
     "AnyioSource",
@@ -80,8 +80,9 @@ class BufferedSource(AnyioSource):
 
 
 class TransportSource(Source):
-    """A `PickleStream` owns its transport, so its loader may always read ahead: leftovers
-    stay in the loader's buffer for the next object."""
+    """A `PickleStream` reads its transport through this source, its loader always reading
+    ahead: leftovers stay in the loader's buffer for the next object, or are taken from it
+    (`take_surplus` here) by the next reader of the same stream."""
 
     can_unread = True
 
@@ -108,6 +109,12 @@ class TransportSource(Source):
             count: int = await receive_into(view)  # straight into place
             return count
         return await super().receive_into(view)
+
+    def take_surplus(self) -> bytes:
+        data, self._surplus = self._surplus, b""
+        if isinstance(self.stream, SurplusHolder):
+            data += self.stream.take_surplus()
+        return data
 
 
 def socket_attributes(sock: Any) -> dict[Any, Callable[[], Any]]:

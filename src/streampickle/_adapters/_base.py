@@ -7,7 +7,7 @@ from typing import Protocol
 
 from .._sansio import PIECE_SIZE, Chunk
 
-__all__ = ["Source", "Writer"]
+__all__ = ["Source", "SurplusHolder", "Writer"]
 
 
 class Writer(Protocol):
@@ -59,3 +59,11 @@ class Source:
         """Take the bytes received from the stream but not yet returned (the rest of a chunk
         longer than asked), which the driver keeps for the stream's next load."""
         return b""
+
+
+class SurplusHolder:
+    """A transport adapter that may hold the rest of a chunk it received (a websocket
+    message longer than a receive asked for), for whoever reads the stream next."""
+
+    def take_surplus(self) -> bytes:
+        raise NotImplementedError

@@ -16,12 +16,13 @@ from anyio import BrokenResourceError, EndOfStream
 from anyio.abc import ByteStream
 
 from ._anyio import socket_attributes
+from ._base import SurplusHolder
 
 __all__ = ["WebSocketByteStream"]
 
 
 @dataclass(eq=False)
-class WebSocketByteStream(ByteStream):
+class WebSocketByteStream(ByteStream, SurplusHolder):
     """An anyio ``ByteStream`` over a websockets connection: binary messages in, one binary
     message per ``send``. A text message received is a ``TypeError``. The peer closing the
     connection normally is the end of the stream; abnormally, ``BrokenResourceError``. A
@@ -50,6 +51,11 @@ class WebSocketByteStream(ByteStream):
                 raise TypeError("a websocket text message: pickles travel as binary messages")
             self._surplus = bytes(message)
         data, self._surplus = self._surplus[:max_bytes], self._surplus[max_bytes:]
+        return data
+
+    def take_surplus(self) -> bytes:
+        """The rest of the last message received, handed over (see `TransportSource`)."""
+        data, self._surplus = self._surplus, b""
         return data
 
     async def send(self, item: bytes) -> None:

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"_exceptions", "_sansio", "_opcodes", "_collector"},
     {"_limits"},
     {"_policy", "_globals", "_inspect"},
-    {"_cengine"},
+    {"_cengine", "_pyengine"},
     {"_adapters"},
     {"_dump", "_load", "_ownership", "_turns"},
     {"_pickler", "_unpickler"},

@@ -102,6 +102,7 @@ class _PersistentMixin:
     """As ``test.test_pickle.PersistentPicklerUnpicklerMixin``, over streampickle's classes."""
 
     incremental = False
+    base: type[streampickle.Pickler] = streampickle.Pickler
     # Provided by the pickletester mixin; declared (not defined) so the MRO finds those.
     persistent_id: Callable[[Any], Any]
     persistent_load: Callable[[Any], Any]
@@ -109,7 +110,7 @@ class _PersistentMixin:
     def dumps(self, arg: Any, proto: int | None = None) -> bytes:
         test = self
 
-        class PersPickler(streampickle.Pickler):
+        class PersPickler(self.base):  # type: ignore[name-defined]
             def persistent_id(self, obj: Any) -> Any:
                 return test.persistent_id(obj)
 
@@ -182,3 +183,56 @@ if hasattr(pt, "AbstractPicklingErrorTests"):  # Python 3.13+
     class PicklingErrorIncrementalTests(PicklingErrorTests):
         def dumps(self, arg: Any, proto: int | None = None, **kwargs: Any) -> bytes:
             return iter_dumps_via(self.pickler)(arg, proto, **kwargs)
+
+
+# The python engine (engine="python"): the same suites through a Pickler that runs on it.
+
+
+class PythonPickler(streampickle.Pickler):
+    def __init__(self, file: Any, protocol: int | None = None, **kwargs: Any) -> None:
+        super().__init__(file, protocol, engine="python", **kwargs)
+
+
+class PythonPicklerFileTests(PicklerFileTests):
+    pickler = PythonPickler
+
+
+class PythonPicklerIncrementalTests(PicklerIncrementalTests):
+    pickler = PythonPickler
+
+
+class PythonPersistentFileTests(PersistentFileTests):
+    base = PythonPickler
+
+
+class PythonPersistentIncrementalTests(PersistentIncrementalTests):
+    base = PythonPickler
+
+
+class PythonIdentityPersistentFileTests(IdentityPersistentFileTests):
+    base = PythonPickler
+
+
+class PythonPicklerUnpicklerObjectTests(PicklerUnpicklerObjectTests):
+    pickler_class = PythonPickler
+
+
+class PythonDispatchTableTests(DispatchTableTests):
+    pickler_class = PythonPickler
+
+
+class PythonChainDispatchTableTests(ChainDispatchTableTests):
+    pickler_class = PythonPickler
+
+
+class PythonHookTests(HookTests):
+    class CustomPickler(PythonPickler, pt.AbstractCustomPicklerClass):
+        pass
+
+    pickler_class = CustomPickler
+
+
+if hasattr(pt, "AbstractPicklingErrorTests"):  # Python 3.13+
+
+    class PythonPicklingErrorTests(PicklingErrorTests):
+        pickler = PythonPickler

@@ -15,7 +15,7 @@ from ._dump import slices, write_chunks
 from ._limits import LimitOptions, load_limits
 from ._load import Loader, open_loader
 from ._ownership import Hold, hold
-from ._pickler import iter_dumps
+from ._pickler import Engine, iter_dumps
 from ._policy import AllowSpec
 from ._sansio import BufferCallback, Chunk, Progress
 from ._unpickler import LoadOptions
@@ -35,6 +35,8 @@ async def adump(
     buffer_callback: BufferCallback = None,
     pickler_class: Callable[..., pickle.Pickler] | None = None,
     progress: Progress | None = None,
+    engine: Engine = None,
+    frame_size: int | None = None,
 ) -> int:
     """Pickle *obj* into the async byte stream *writer*, frame by frame; return the byte count.
 
@@ -48,13 +50,16 @@ async def adump(
     object stream / anything else with an async ``send`` (which then gets ``bytes``).
     Anything else (a synchronous file, a socket) raises ``TypeError`` before pickling
     starts. *pickler_class* is any ``pickle.Pickler`` subclass (see `iter_dumps`);
-    ``progress(bytes_written)`` is called after each write.
+    ``progress(bytes_written)`` is called after each write. *engine* and *frame_size* choose
+    the pickling engine as in `iter_dumps` (the default, C, reruns on the python engine a graph
+    too deep for it, if that shows before the first write).
 
     Streaming needs frames: at protocols 4 and 5 each write is one frame (about 64 KiB) or a
     slice of at most 1 MiB of a large buffer, passed as a memoryview without a
     copy. At protocols 0-3 there are no frames: the C pickler writes what it has only at the
     end (and when it meets a large ``bytes`` at protocols 1-3), so the loop is blocked for the
-    whole pickling and memory holds the whole pickle. At 4 and 5, pickling runs synchronously
+    whole pickling and memory holds the whole pickle; ``engine="python"`` streams them in
+    chunks of *frame_size* (64 KiB) too. At 4 and 5, pickling runs synchronously
     between writes. Each write is awaited (the stream's backpressure suspends pickling), then
     followed by a checkpoint if the pickler has run for 2 ms without the event loop having had
     a turn (on trio, by one after every write), so other tasks run even on a stream that never
@@ -80,6 +85,8 @@ async def adump(
         fix_imports=fix_imports,
         buffer_callback=buffer_callback,
         pickler_class=pickle.Pickler if pickler_class is None else pickler_class,
+        engine=engine,
+        frame_size=frame_size,
     )
     return await write_chunks(chunks, writer, progress)
 
@@ -91,6 +98,8 @@ async def aiter_dumps(
     fix_imports: bool = True,
     buffer_callback: BufferCallback = None,
     pickler_class: Callable[..., pickle.Pickler] | None = None,
+    engine: Engine = None,
+    frame_size: int | None = None,
 ) -> AsyncIterator[Chunk]:
     """*obj* pickled as an async iterator of chunks, for what takes an async iterable of bytes:
     Starlette/FastAPI ``StreamingResponse(aiter_dumps(obj))``, httpx ``content=``, aiohttp
@@ -104,7 +113,7 @@ async def aiter_dumps(
     `iter_dumps` it is never resumed from another thread (frameworks run sync iterators in a
     thread pool, where a greenlet cannot follow). Pickling errors are raised from the
     ``__anext__`` that reaches the bad object; closing the iterator (``aclose``, or the
-    consumer stopping) unwinds the pickler.
+    consumer stopping) unwinds the pickler. *engine* and *frame_size* as in `iter_dumps`.
     """
     chunks = iter_dumps(
         obj,
@@ -112,6 +121,8 @@ async def aiter_dumps(
         fix_imports=fix_imports,
         buffer_callback=buffer_callback,
         pickler_class=pickle.Pickler if pickler_class is None else pickler_class,
+        engine=engine,
+        frame_size=frame_size,
     )
     try:
         for chunk in chunks:

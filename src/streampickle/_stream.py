@@ -23,7 +23,7 @@ from ._dump import write_chunks
 from ._limits import LimitOptions, load_limits
 from ._load import Loader
 from ._ownership import hold
-from ._pickler import iter_dumps
+from ._pickler import Engine, check_engine, iter_dumps
 from ._policy import AllowSpec
 from ._sansio import Chunk, Progress
 from ._unpickler import LoadOptions
@@ -37,7 +37,8 @@ __all__ = ["PickleStream"]
 class PickleStream(ObjectStream[Any]):
     """Send and receive pickled objects over a byte stream (``ObjectStream[Any]``).
 
-    ``send(obj)`` streams ``pickle.dumps(obj, protocol)`` frame by frame (see `adump`);
+    ``send(obj)`` streams ``pickle.dumps(obj, protocol)`` frame by frame (see `adump`; *engine*
+    and *frame_size* choose its pickling engine, as in `iter_dumps`);
     ``receive()`` reads one pickle as `aload` does, with the same limits (*limits*, the
     keyword arguments named after the fields of `Limits`: without *allow* only those given are
     checked, so a trusted stream takes every pickle ``pickle.load`` takes; with *allow* all
@@ -91,10 +92,15 @@ class PickleStream(ObjectStream[Any]):
         pickler_class: Callable[..., pickle.Pickler] = pickle.Pickler,
         unpickler_class: Callable[..., pickle.Unpickler] = pickle.Unpickler,
         allow: AllowSpec = None,
+        engine: Engine = None,
+        frame_size: int | None = None,
         **limits: Unpack[LimitOptions],
     ) -> None:
         _check_transport(transport_stream)
         _check_protocol(protocol)
+        check_engine(engine, frame_size)
+        #: The pickling engine of ``send`` and its frame size (see `iter_dumps`).
+        self.engine, self.frame_size = engine, frame_size
         #: The byte stream the objects travel over.
         self.transport_stream = transport_stream
         self.protocol = protocol
@@ -220,7 +226,13 @@ class PickleStream(ObjectStream[Any]):
                     "an earlier send failed or was cancelled half-way; the peer holds a "
                     "partial pickle, so nothing more can be sent on this PickleStream"
                 )
-            chunks = iter_dumps(item, self.protocol, pickler_class=self.pickler_class)
+            chunks = iter_dumps(
+                item,
+                self.protocol,
+                pickler_class=self.pickler_class,
+                engine=self.engine,
+                frame_size=self.frame_size,
+            )
             try:
                 await write_chunks(
                     self._track(chunks), self.transport_stream, progress, owner=self._writes

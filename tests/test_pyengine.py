@@ -363,3 +363,26 @@ def test_the_engines_benchmark_runs_and_finds_the_bytes_identical(tmp_path: Any)
     text = table.read_text()
     assert "| records | 5 |" in text and "| linked objects | 5 |" in text
     assert "identical to `pickle.dumps`: True" in text
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+@pytest.mark.backends("asyncio")
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+async def test_a_million_levels_through_adump_and_pickle_stream(protocol: int) -> None:
+    deep = nested_list(1_000_000)
+    expected = python(deep, protocol)
+    async with tcp_pair() as (client, server), anyio.create_task_group() as group:
+
+        async def send() -> None:
+            await streampickle.adump(deep, client, protocol, engine="python")
+            stream = streampickle.PickleStream(client, protocol, engine="python")
+            await stream.send(deep)
+            await client.send_eof()
+
+        group.start_soon(send)
+        got = await streampickle.aload(server)
+        assert python(got, protocol) == expected
+        del got
+        got = await streampickle.PickleStream(server).receive()
+        assert python(got, protocol) == expected

@@ -1,16 +1,6 @@
 """The python engine's pickler state (`SaverBase`): protocol, hooks, memo, framer, and the
-atoms it writes inline. `streampickle._pyengine.saver` adds the save loop.
-
-The save loop: CPython's pickler, without recursion.
-
-Each ``save`` of a container returns a generator of the saves its contents need (sub-
-generators), instead of calling ``save`` on them; `Saver.iter_dump` runs those generators on
-an explicit stack (a list), so the depth of an object graph costs list entries, not C or
-Python stack frames. Atoms (``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``, memo
-references) are written inline. The opcodes, their order and the memo are those of CPython's
-C pickler (``pickle.dumps``): the same type dispatch (``reducer_override`` and the dispatch
-table are not consulted for the built-in types the C pickler saves itself), the same batching
-of exact lists and dicts, the same framing (`streampickle._pyengine.framer`).
+atoms it writes inline. `streampickle._pyengine.saver` adds the save loop; the saves of
+containers and reductions (`containers`, `reduce`, `batches`) take a `SaverBase`.
 """
 
 from __future__ import annotations

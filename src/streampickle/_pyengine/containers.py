@@ -8,7 +8,8 @@ ready, so the loop can hand it out before the next item: at most one frame is ev
 from __future__ import annotations
 
 import codecs
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import chain
 from pickle import PickleBuffer, PicklingError
 from typing import Any
 
@@ -141,24 +142,31 @@ def _dict_exact(s: Saver, obj: dict[Any, Any]) -> Steps:
                     yield step
         write(b"s")
         return
-    items = iter(obj.items())
+    yield from _batches(s, obj, chain.from_iterable(obj.items()), 2, b"u", "dictionary")
+
+
+def _batches(
+    s: Saver, obj: Any, items: Iterator[Any], width: int, close: bytes, kind: str
+) -> Steps:
+    """The C pickler's batches of an exact dict or set: MARK, the saves of up to `BATCH`
+    entries of *width* items, *close*; again while a batch was full (so a full last batch is
+    followed by an empty one, as the C pickler writes it)."""
+    save, write, ready = s.save, s.write, s.framer.ready
+    size, full = len(obj), BATCH * width
     while True:
         write(b"(")
         n = 0
-        for key, value in items:
-            step = save(key)
-            if step is not None or ready:
-                yield step
-            step = save(value)
+        for item in items:
+            step = save(item)
             if step is not None or ready:
                 yield step
             n += 1
-            if n == BATCH:
+            if n == full:
                 break
-        write(b"u")
+        write(close)
         if len(obj) != size:
-            raise RuntimeError("dictionary changed size during iteration")
-        if n != BATCH:
+            raise RuntimeError(f"{kind} changed size during iteration")
+        if n != full:
             return
 
 
@@ -173,24 +181,7 @@ def save_set(s: Saver, obj: set[Any]) -> Steps | None:
 
 
 def _set(s: Saver, obj: set[Any]) -> Steps:
-    save, write, ready = s.save, s.write, s.framer.ready
-    size = len(obj)
-    items = iter(obj)
-    while True:
-        write(b"(")
-        n = 0
-        for item in items:
-            step = save(item)
-            if step is not None or ready:
-                yield step
-            n += 1
-            if n == BATCH:
-                break
-        write(b"\x90")
-        if len(obj) != size:
-            raise RuntimeError("set changed size during iteration")
-        if n != BATCH:
-            return
+    return _batches(s, obj, iter(obj), 1, b"\x90", "set")
 
 
 def save_frozenset(s: Saver, obj: frozenset[Any]) -> Steps | None:

@@ -593,6 +593,8 @@ async def test_leftovers_stay_in_seekable_file(anyio_backend: Any, tmp_path: Pat
 
 async def test_cancel_mid_object_unwinds_unpickler(anyio_backend: Any) -> None:
     data = pickle.dumps(list(range(100_000)), 5)
+    gc.collect()  # unpicklers of earlier tests in this process, awaiting a full collection
+    assert len(TrackedUnpickler.live) == 0
     async with tcp_pair() as (client, server):
         await server.send(data[: len(data) // 2])  # half a pickle, then silence
         with anyio.CancelScope() as scope:

@@ -4,7 +4,7 @@ write them: APPEND/SETITEM for a batch of one, else MARK ... APPENDS/SETITEMS pe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .base import SaverBase as Saver
@@ -18,13 +18,24 @@ _END = object()
 
 def appends(s: Saver, items: Iterator[Any]) -> Steps:
     """The C pickler's ``batch_list``, for any iterator (a reduce's *listitems*)."""
-    save, write, ready = s.save, s.write, s.framer.ready
+    return _batches(s, items, _item, b"a", b"e")
+
+
+def setitems(s: Saver, items: Iterator[Any]) -> Steps:
+    """The C pickler's ``batch_dict``, for any iterator of pairs (a reduce's *dictitems*)."""
+    return _batches(s, items, _pair, b"s", b"u")
+
+
+def _batches(
+    s: Saver, items: Iterator[Any], entry: Callable[[Saver, Any], Steps], one: bytes, many: bytes
+) -> Steps:
+    """The C pickler's batches of an iterator's entries (each saved by *entry*): at protocol
+    0 each entry then *one*; else a batch of one is the entry then *one*, a longer batch is
+    MARK, up to `BATCH` entries, *many*; again while a batch was full."""
     if not s.bin:
         for item in items:
-            step = save(item)
-            if step is not None or ready:
-                yield step
-            write(b"a")
+            yield from entry(s, item)
+            s.write(one)
         return
     while True:
         first = next(items, _END)
@@ -32,57 +43,27 @@ def appends(s: Saver, items: Iterator[Any]) -> Steps:
             return
         item = next(items, _END)
         if item is _END:
-            step = save(first)
-            if step is not None or ready:
-                yield step
-            write(b"a")
+            yield from entry(s, first)
+            s.write(one)
             return
-        write(b"(")
-        step = save(first)
-        if step is not None or ready:
-            yield step
+        s.write(b"(")
+        yield from entry(s, first)
         n = 1
         while item is not _END:
-            step = save(item)
-            if step is not None or ready:
-                yield step
+            yield from entry(s, item)
             n += 1
             if n == BATCH:
                 break
             item = next(items, _END)
-        write(b"e")
+        s.write(many)
         if n != BATCH:
             return
 
 
-def setitems(s: Saver, items: Iterator[Any]) -> Steps:
-    """The C pickler's ``batch_dict``, for any iterator of pairs (a reduce's *dictitems*)."""
-    if not s.bin:
-        for pair in items:
-            yield from _pair(s, pair)
-            s.write(b"s")
-        return
-    while True:
-        first = next(items, _END)
-        if first is _END:
-            return
-        pair = next(items, _END)
-        if pair is _END:
-            yield from _pair(s, first)
-            s.write(b"s")
-            return
-        s.write(b"(")
-        yield from _pair(s, first)
-        n = 1
-        while pair is not _END:
-            yield from _pair(s, pair)
-            n += 1
-            if n == BATCH:
-                break
-            pair = next(items, _END)
-        s.write(b"u")
-        if n != BATCH:
-            return
+def _item(s: Saver, item: Any) -> Steps:
+    step = s.save(item)
+    if step is not None or s.framer.ready:
+        yield step
 
 
 def _pair(s: Saver, pair: Any) -> Steps:

@@ -1,11 +1,12 @@
 """The python engine's framer: where its opcodes go, cut into chunks at opcode boundaries.
 
 As CPython's ``pickle._Framer`` (``commit_frame`` at the top of every ``save``), the saver
-calls `Framer.boundary` before each object: at protocols 4 and 5 a frame that reached the
-target size is committed there, as one chunk ``FRAME + length + opcodes``; at protocols 0-3,
-which have no frames, the opcodes written so far become a chunk once they reach the target
-size, so that those pickles stream too. Large payloads (bytes, str and buffers of at least the
-target size, at protocols 4-5 always outside frames) become chunks of their own, uncopied.
+checks the frame's size before each object, an opcode boundary, and calls `Framer.commit` if
+it reached the target size. At protocols 4 and 5 a frame is committed as one chunk
+``FRAME + length + opcodes``; at protocols 0-3, which have no frames, the opcodes written so
+far become a chunk, so that those pickles stream too. Large payloads (bytes, str and buffers
+of at least the target size, at protocols 4-5 always outside frames) become chunks of their
+own, uncopied.
 """
 
 from __future__ import annotations
@@ -44,11 +45,6 @@ class Framer:
         if self.prefix:
             chunk, self.prefix = self.prefix + chunk, b""
         self.ready.append(chunk)
-
-    def boundary(self) -> None:
-        """An opcode boundary: commit the frame if it reached the target size."""
-        if len(self.frame) >= self.size:
-            self.commit()
 
     def commit(self) -> None:
         """Finish the current frame (or chunk), whatever its size. *frame* stays the same

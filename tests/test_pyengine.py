@@ -367,7 +367,7 @@ def test_the_engines_benchmark_runs_and_finds_the_bytes_identical(tmp_path: Any)
 
 @pytest.mark.slow
 @pytest.mark.anyio
-@pytest.mark.backends("asyncio")
+@pytest.mark.backends("asyncio", "trio")
 @pytest.mark.parametrize("protocol", [0, 2, 5])
 async def test_a_million_levels_through_adump_and_pickle_stream(protocol: int) -> None:
     deep = nested_list(1_000_000)

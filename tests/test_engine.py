@@ -329,6 +329,45 @@ def test_peek_replies_are_checked_before_the_c_unpickler_sees_them(reply: Any) -
             gen.send(reply)
 
 
+def test_requests_answered_from_the_driver_buffer_never_leave_the_worker() -> None:
+    """`Loading.answer_from`: what the answerer answers is used inside the worker; only what
+    it answers None to is yielded, and the object is the same as ``pickle.loads`` gives."""
+    data = pickle.dumps([{"n": n, "s": "x" * (n % 300)} for n in range(3000)], 5)
+    seen: list[Any] = []
+    stream = io.BytesIO(data)
+
+    def answer(request: Any) -> Any:
+        seen.append(request)
+        if isinstance(request, streampickle.Peek) or len(seen) % 3 == 0:
+            return None  # every third read, and every peek, is asked of the driver
+        return stream.read(request.size)
+
+    requests = streampickle.iter_loads()
+    assert isinstance(requests, _cengine.Loading)
+    requests.answer_from(answer)
+    yielded: list[Any] = []
+
+    class Driver:  # records what comes out of the worker
+        def read(self, size: int) -> bytes:
+            yielded.append(streampickle.Read(size))
+            return stream.read(size)
+
+        def peek(self, size: int) -> bytes:
+            yielded.append(streampickle.Peek(size))
+            return b""
+
+    assert streampickle.drive_load(requests, Driver()) == pickle.loads(data)
+    asked = [r for i, r in enumerate(seen, 1) if isinstance(r, streampickle.Peek) or i % 3 == 0]
+    assert yielded == asked and len(seen) > len(yielded) > 0
+
+    requests = streampickle.iter_loads()
+    assert isinstance(requests, _cengine.Loading)
+    requests.answer_from(answer)
+    requests.answer_from(None)  # no answerer: every request is yielded, as without one
+    stream, seen = io.BytesIO(data), []
+    assert streampickle.drive_load(requests, stream) == pickle.loads(data) and not seen
+
+
 # -- the worker pool ---------------------------------------------------------------------------
 
 

@@ -73,6 +73,7 @@ class Loader:
         self._peeked = b""  # the last Peek's reply, kept while unconsumed (see _answer_peek)
         self._peeked_at = -1  # where it starts: a count of the pickle's bytes consumed
         self._boundary = 0  # a count of consumed bytes known to end at a frame's end
+        self._unyielded = 0  # bytes handed on since the current load last let others run
 
     @property
     def buffered(self) -> int:
@@ -119,7 +120,10 @@ class Loader:
         self._peeked, self._peeked_at, self._boundary = b"", -1, 0
         self._choose_mode()
         reply: Any = None
-        unyielded = 0  # bytes handed on since the load last let other tasks run
+        self._unyielded = 0  # bytes handed on since the load last let other tasks run
+        answer_from = getattr(requests, "answer_from", None)
+        if answer_from is not None:  # the engine's own requests (no guard between)
+            answer_from(self._answer_here)
         pausing: bool | None = None  # may the collector be paused (None: not asked yet)
         turns: Turns | None = None  # made at the first decision point: small pickles need none
         handed = 0  # bytes handed to the unpickler, counted up to _collector.SMALL
@@ -140,11 +144,12 @@ class Loader:
                 reply = self._answer_buffered(request)
                 if reply is None:
                     reply = await self._answer(request)
-                unyielded += reply if type(reply) is int else len(reply)
-                if unyielded >= YIELD_EVERY:
-                    if pausing is None and (handed := handed + unyielded) >= _collector.SMALL:
+                self._unyielded += reply if type(reply) is int else len(reply)
+                if self._unyielded >= YIELD_EVERY:
+                    handed += self._unyielded
+                    if pausing is None and handed >= _collector.SMALL:
                         pausing = _collector.begin()  # a graph worth pausing for
-                    unyielded = 0
+                    self._unyielded = 0
                     if turns is None:
                         turns = Turns()
                     await turns.take()
@@ -152,6 +157,8 @@ class Loader:
             return stop.value
         finally:
             self._peeked = b""
+            if answer_from is not None:
+                answer_from(None)
             requests.close()
 
     @property
@@ -205,6 +212,17 @@ class Loader:
                 await self.source.unread(data)
             return b""
         return data + self.source.take_surplus()
+
+    def _answer_here(self, request: Request) -> bytes | int | None:
+        """`_answer_buffered`, called inside the engine's worker (`Loading.answer_from`) while
+        no turn is due: None, and the request comes out to `load`, once `YIELD_EVERY` bytes
+        went out since the last turn."""
+        if self._unyielded >= YIELD_EVERY:
+            return None
+        reply = self._answer_buffered(request)
+        if reply is not None:
+            self._unyielded += len(reply) if isinstance(reply, bytes) else reply
+        return reply
 
     def _answer_buffered(self, request: Request) -> bytes | int | None:
         if isinstance(request, Peek):

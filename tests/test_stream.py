@@ -133,13 +133,22 @@ async def test_cancel_receive_before_and_inside_object(anyio_backend: Any) -> No
 
         data = pickle.dumps(list(range(50_000)), 5)
         await left.transport_stream.send(data[: len(data) // 2])
-        with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as group:
-                group.start_soon(right.receive)
-                await anyio.wait_all_tasks_blocked()
-                scope.cancel()
+        await cancel_inside_object(right)
         with pytest.raises(anyio.BrokenResourceError, match="inside an object"):
             await right.receive()
+
+
+async def cancel_inside_object(stream: PickleStream) -> None:
+    """Start a ``receive`` of *stream* and cancel it once it has read part of a pickle (the
+    sender sent part of one). Waiting only for all tasks to block is not enough: a receive may
+    block before the first bytes reach the transport."""
+    inside = anyio.Event()
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as group:
+            group.start_soon(functools.partial(stream.receive, progress=lambda _: inside.set()))
+            await inside.wait()
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()
 
 
 async def test_streams_over_one_transport_share_its_turns_and_brokenness(
@@ -167,11 +176,7 @@ async def test_streams_over_one_transport_share_its_turns_and_brokenness(
 
         data = pickle.dumps(list(range(50_000)), 5)
         await left.transport_stream.send(data[: len(data) // 2])
-        with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as group:
-                group.start_soon(other_right.receive)
-                await anyio.wait_all_tasks_blocked()
-                scope.cancel()
+        await cancel_inside_object(other_right)
         for broken in (right.receive(), streampickle.aload(right.transport_stream)):
             with pytest.raises(anyio.BrokenResourceError, match="inside"):
                 await broken

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from anyio.abc import ByteReceiveStream
+from anyio.abc import ByteReceiveStream, ByteStream
 
 import streampickle
 from streampickle import _turns
@@ -160,3 +160,45 @@ async def test_on_trio_every_decision_point_checkpoints(monkeypatch: pytest.Monk
     writer = Writer()
     beats = await beats_during(lambda: streampickle.adump(OBJ, writer, 5), lambda: writer.writes)
     assert max(b - a for a, b in itertools.pairwise([0, *beats, writer.writes])) <= 2
+
+
+class Objects(ByteStream):
+    """A byte stream whose peer sent many small pickles at once: they are handed out without
+    ever waiting (a transport with them all buffered)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self.pos >= len(self.data):
+            raise anyio.EndOfStream
+        start, self.pos = self.pos, self.pos + max_bytes
+        return self.data[start : self.pos]
+
+    async def send(self, item: bytes) -> None:
+        pass
+
+    async def send_eof(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        self.pos = len(self.data)
+
+
+async def test_a_run_of_small_receives_lets_others_run(
+    monkeypatch: pytest.MonkeyPatch, anyio_backend: Any
+) -> None:
+    """`PickleStream.receive` of objects already buffered never waits: on asyncio it gives the
+    loop a turn once it has run RUN_FOR (ticking: every few receives), on trio at each one."""
+    monkeypatch.setattr(_turns, "perf_counter", clock(0.001))
+    small = list(range(300))
+    stream = streampickle.PickleStream(Objects(b"".join(pickle.dumps(n, 5) for n in small)))
+    got: list[int] = []
+
+    async def receive_all() -> None:
+        for _ in small:
+            got.append(await stream.receive())
+
+    beats = await beats_during(receive_all, lambda: len(got))
+    assert got == small
+    assert max(b - a for a, b in itertools.pairwise([0, *beats, len(got)])) <= 4

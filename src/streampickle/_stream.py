@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio import BrokenResourceError, ClosedResourceError, EndOfStream
 from anyio.abc import AnyByteStream, ByteStream, ObjectStream
+from anyio.lowlevel import checkpoint
 
 from ._adapters import (
     AsyncioByteStream,
@@ -26,6 +27,7 @@ from ._ownership import hold
 from ._pickler import Engine, check_engine, iter_dumps
 from ._policy import AllowSpec
 from ._sansio import Chunk, Progress
+from ._turns import Turns
 from ._unpickler import LoadOptions
 
 if TYPE_CHECKING:
@@ -118,8 +120,12 @@ class PickleStream(ObjectStream[Any]):
         # shared with every other PickleStream and aload/adump of them (_ownership).
         self._reads = hold(underlying(transport_stream, "aload"), "aload")
         self._writes = underlying(transport_stream, "adump")
-        self._send_lock = anyio.Lock()
-        self._receive_lock = anyio.Lock()
+        # Uncontended, a lock takes no event-loop pass (anyio's default does one per acquire:
+        # two per object). Receives give the loop a turn when one is due instead, as loads
+        # and dumps do (`streampickle._turns`; always on trio), and sends in write_chunks.
+        self._send_lock = anyio.Lock(fast_acquire=True)
+        self._receive_lock = anyio.Lock(fast_acquire=True)
+        self._turns: Turns | None = None  # made by the first receive, in its event loop
         self._partial = False  # the current send has handed a chunk to the transport
         self._send_broken = False
         self._receive_broken = False
@@ -266,6 +272,12 @@ class PickleStream(ObjectStream[Any]):
                     "an earlier receive failed or was cancelled inside an object; the rest of "
                     "that pickle is still on the stream, so nothing more can be received"
                 )
+            turns = self._turns
+            if turns is None:
+                turns = self._turns = Turns()
+            if turns.due():
+                await checkpoint()
+                turns.gave()
             loader = self._loader
             with self._reads as held:
                 # What another reader of the stream read past its last pickle comes first;

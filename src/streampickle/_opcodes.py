@@ -13,6 +13,7 @@ from __future__ import annotations
 import pickle
 import pickletools
 import re
+import sys
 from _codecs import escape_decode
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ __all__ = [
     "BY_BYTE",
     "BY_CODE",
     "BY_NAME",
+    "DEFER_AT_LEAST",
     "FRAME",
     "LENGTH_FIELDS",
     "LONGEST_FIXED_ARGUMENT",
@@ -203,10 +205,57 @@ _SAFE_READERS: dict[str, Callable[[Any], Any]] = {
     "stringnl_noescape": lambda file: _read_line(file).decode("ascii"),  # PERSID, as C reads it
     "stringnl_noescape_pair": _read_name_pair,
 }
+
+#: A payload of at least this many bytes (of an opcode in `UNFRAMED_HEADERS`) is not read by
+#: `genops` from a file that can defer it (``file.defer(size)``: count it as read, its bytes
+#: still the file's): its argument is then None. The vetting reader hands such a payload to
+#: the unpickler as it reads it, straight into the object's buffer, instead of holding it.
+DEFER_AT_LEAST = 1 << 16
+_DECODERS: dict[str, Callable[[bytes], Any]] = {
+    "BYTEARRAY8": bytearray,
+    "BINUNICODE": lambda data: str(data, "utf-8", "surrogatepass"),
+    "BINUNICODE8": lambda data: str(data, "utf-8", "surrogatepass"),
+}
+
+
+def _deferring(field: LengthField, reader: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """*reader* (pickletools' for the payload opcode *field*), or, for a file that can defer
+    payloads, one that defers those of `DEFER_AT_LEAST` bytes or more."""
+    decode = _DECODERS.get(field.name, bytes)
+
+    def read(file: Any) -> Any:
+        defer = getattr(file, "defer", None)
+        if defer is None:
+            return reader(file)
+        head = file.read(field.width)
+        if len(head) != field.width:
+            raise ValueError(f"not enough data in stream to read the length of {field.name}")
+        size = field.decode(head)
+        if size > sys.maxsize:
+            raise ValueError(f"{field.name} claims {size} bytes, more than sys.maxsize")
+        if size >= DEFER_AT_LEAST:
+            defer(size)
+            return None
+        data = file.read(size)
+        if len(data) != size:
+            raise ValueError(
+                f"expected {size} bytes in a {field.name}, but only {len(data)} remain"
+            )
+        return decode(data)
+
+    return read
+
+
 _READERS: dict[bytes, Callable[[Any], Any] | None] = {
     code: None if op.arg is None else _SAFE_READERS.get(op.arg.name, op.arg.reader)
     for code, op in BY_BYTE.items()
 }
+for _name in UNFRAMED_HEADERS:
+    _payload = BY_NAME[_name]
+    assert _payload.arg is not None
+    _READERS[_payload.code.encode("latin-1")] = _deferring(
+        LENGTH_FIELDS[_name], _payload.arg.reader
+    )
 
 
 def genops(file: Any) -> Iterator[tuple[Any, Any, int]]:

@@ -26,11 +26,22 @@ class _Readable(Protocol):
     def readline(self, size: int = -1, /) -> bytes: ...
 
 
+class _Deferred:
+    """A payload after its frame (BINBYTES8, BINUNICODE8, BYTEARRAY8...): its header was
+    checked, its bytes are data, so they are read from the inner file only as the unpickler
+    takes them, straight into its buffer when it reads with ``readinto``."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
 class _Recorder:
     """The file the opcode parser reads: forwards to *inner*, keeps every byte it returns, and
     checks the byte limits before each read."""
 
-    def __init__(self, inner: _Readable, record: deque[bytes], limits: Limits) -> None:
+    def __init__(self, inner: _Readable, record: deque[bytes | _Deferred], limits: Limits) -> None:
         self._inner = inner
         self._record = record
         self._limits = limits
@@ -62,6 +73,44 @@ class _Recorder:
             pieces.append(self._keep(piece, len(piece) < asked))
             remaining -= len(piece)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def defer(self, size: int) -> None:
+        """Count a payload of *size* bytes as read, within the limits, without reading it: the
+        unpickler takes it through `read_deferred`/`read_deferred_into`."""
+        self._limits.check("pickle", self.position - self.start + size, "max_object_size")
+        self._limits.check("payload", size, "max_payload_size")
+        self._record.append(_Deferred(size))
+        self.position += size
+
+    def read_deferred(self, size: int) -> bytes:
+        """Up to *size* (at most `PIECE_SIZE`) bytes of a deferred payload; fewer at end."""
+        data = self._call(self._inner.read, min(size, PIECE_SIZE))
+        self.eof = self.eof or len(data) < min(size, PIECE_SIZE)
+        return data
+
+    def read_deferred_into(self, view: memoryview) -> int:
+        """Fill *view* with bytes of a deferred payload; fewer at end of stream."""
+        readinto = getattr(self._inner, "readinto", None)
+        filled = 0
+        while filled < len(view):
+            if readinto is None:
+                data = self.read_deferred(len(view) - filled)
+                view[filled : filled + len(data)] = data
+                count = len(data)
+            else:
+                count = self._call_into(readinto, view[filled:])
+            filled += count
+            if not count:
+                self.eof = True
+                break
+        return filled
+
+    def _call_into(self, method: Callable[[memoryview], int], view: memoryview) -> int:
+        try:
+            return method(view)
+        except BaseException as exc:
+            self.io_error = exc
+            raise
 
     def readline(self) -> bytes:
         # One byte past the limit is enough to refuse the line: never buffer a longer one.
@@ -99,16 +148,20 @@ class CheckedReader:
     error: the stream cannot be resynchronised. A stream that ends early gives a short read,
     so the unpickler raises its usual ``EOFError``/``UnpicklingError``.
 
-    It reads *inner* with ``read``/``readline`` only, never past the pickle's STOP: one read
-    per frame (checked as a whole, at C speed), one per field outside frames. It has no
-    ``peek``, so the unpickler never reads ahead of it. Cost: the check of each opcode (about
-    the C unpickler's own time again for framed pickles of small objects, several times that
-    outside frames, i.e. at protocols 0-3), and a frame, or a payload following one, is held
+    It reads *inner* with ``read``/``readline``, never past the pickle's STOP: one read per
+    frame (checked as a whole, at C speed), one per field outside frames. It has no ``peek``,
+    so the unpickler never reads ahead of it. A payload of 64 KiB or more outside a frame
+    (`streampickle._opcodes.DEFER_AT_LEAST`; picklers write large ``bytes``, ``str`` and
+    ``bytearray`` so) is checked by its header and read only as the unpickler reads it: with
+    *inner*'s ``readinto``, if it has one, straight into the object's buffer. Cost: the check
+    of each opcode (about the C unpickler's own time again for framed pickles of small
+    objects, several times that outside frames, i.e. at protocols 0-3), and a frame is held
     here until the unpickler has copied it.
     """
 
     def __init__(self, inner: _Readable, limits: Limits | None = None) -> None:
-        self._pending: deque[bytes] = deque()  # raw bytes read, not yet handed on
+        #: Raw bytes read, not yet handed on, and a deferred payload last, if any.
+        self._pending: deque[bytes | _Deferred] = deque()
         self._head = 0  # offset already handed on in _pending[0]
         self._handed = 0  # stream offset of the next byte to hand on
         self._checked = 0  # stream offset of the end of the last opcode checked
@@ -132,16 +185,30 @@ class CheckedReader:
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         filled = 0
-        for part in self._take(len(view)):
-            view[filled : filled + len(part)] = part
-            filled += len(part)
+        while filled < len(view) and self._available(len(view) - filled):
+            head = self._pending[0]
+            if isinstance(head, _Deferred):  # straight from the inner file into the buffer
+                wanted = min(len(view) - filled, head.size - self._head)
+                count = self._recorder.read_deferred_into(view[filled : filled + wanted])
+                self._handed_deferred(head, count, wanted)
+                filled += count
+                if count < wanted:
+                    break
+                continue
+            for part in self._take(min(len(view) - filled, len(head) - self._head)):
+                view[filled : filled + len(part)] = part
+                filled += len(part)
         return filled
 
     def readline(self, size: int = -1) -> bytes:
         line = bytearray()
         while not line.endswith(b"\n") and (available := self._available(1)):
+            pending = self._pending[0]
+            if isinstance(pending, _Deferred):  # never so in a pickle that makes sense
+                line += b"".join(self._take(1))
+                continue
             # Outside frames the pending chunks are what the parser read: lines, or fields.
-            head = bytes(memoryview(self._pending[0])[self._head : self._head + available])
+            head = bytes(memoryview(pending)[self._head : self._head + available])
             end = head.find(b"\n")
             line += b"".join(self._take(len(head) if end < 0 else end + 1))
         return bytes(line)
@@ -163,7 +230,15 @@ class CheckedReader:
         many may be handed on now."""
         if self.failure is not None:
             raise self.failure
-        while self._checked - self._handed < wanted and self._step():
+        # Nothing is parsed past a deferred payload (always the last pending) until the
+        # unpickler has taken it: its bytes are still in the wrapped file (the unpickler reads
+        # a payload exactly).
+        pending = self._pending
+        while (
+            self._checked - self._handed < wanted
+            and not (pending and isinstance(pending[-1], _Deferred))
+            and self._step()
+        ):
             pass
         return self._checked - self._handed
 
@@ -228,8 +303,19 @@ class CheckedReader:
         size = int.from_bytes(header[1:], "little")
         end = start + len(frame) + size
         self._rules.check(opcode.name, None, start + last, end)  # before reading the payload
-        self._recorder.read(size)
-        return start if self._recorder.eof else end
+        self._recorder.defer(size)  # read as the unpickler takes it: into its buffer, uncopied
+        return end
+
+    def _handed_deferred(self, head: _Deferred, count: int, wanted: int) -> None:
+        """*count* bytes of the deferred payload *head* went to the unpickler; fewer than
+        *wanted* means the stream ended inside it: nothing more is checked or handed on."""
+        self._handed += count
+        self._head += count
+        if self._head == head.size or count < wanted:
+            self._pending.popleft()
+            self._head = 0
+        if count < wanted:
+            self._checked = self._handed
 
     def _take(self, size: int) -> Iterator[memoryview]:
         """Hand on up to *size* checked bytes (all of them if negative), as views in order."""
@@ -237,7 +323,16 @@ class CheckedReader:
         if size >= 0:
             remaining = min(remaining, size)
         while remaining:
-            head = memoryview(self._pending[0])[self._head :]
+            pending = self._pending[0]
+            if isinstance(pending, _Deferred):
+                deferred = pending
+                wanted = min(remaining, deferred.size - self._head)
+                data = self._recorder.read_deferred(wanted)
+                self._handed_deferred(deferred, len(data), min(wanted, PIECE_SIZE))
+                remaining = 0 if len(data) < min(wanted, PIECE_SIZE) else remaining - len(data)
+                yield memoryview(data)
+                continue
+            head = memoryview(pending)[self._head :]
             part = head[:remaining]
             remaining -= len(part)
             self._handed += len(part)

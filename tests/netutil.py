@@ -10,10 +10,34 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from anyio.abc import SocketAttribute, SocketListener, SocketStream
+from anyio.abc import ByteStream, SocketAttribute, SocketListener, SocketStream
 
 #: Seconds; only so that a broken test fails instead of hanging CI.
 HANG_GUARD = 20
+
+
+class NeverWaits(ByteStream):
+    """Hands out *data* without ever waiting or checkpointing (a reader that had it all
+    buffered, as an asyncio StreamReader does once the bytes arrived); ``pos`` is how much
+    it handed out. What is sent to it is dropped."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self.pos >= len(self.data):
+            raise anyio.EndOfStream
+        start, self.pos = self.pos, self.pos + max_bytes
+        return self.data[start : self.pos]
+
+    async def send(self, item: bytes) -> None:
+        pass
+
+    async def send_eof(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        self.pos = len(self.data)
 
 
 @asynccontextmanager

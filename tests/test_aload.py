@@ -28,7 +28,7 @@ from anyio.streams.stapled import MultiListener
 
 import netutil
 import streampickle
-from netutil import tcp_pair
+from netutil import NeverWaits, tcp_pair
 from streampickle import AsyncReader, LimitExceeded, Limits, aiter_load, aload
 
 pytestmark = pytest.mark.anyio
@@ -617,23 +617,6 @@ async def test_cancel_mid_object_unwinds_unpickler(anyio_backend: Any) -> None:
 # Other tasks run during a load, however fast the data came.
 
 
-class _NeverWaits(ByteReceiveStream):
-    """Hands out *data* without ever waiting or checkpointing (a reader that had it all
-    buffered, as an asyncio StreamReader does once the bytes arrived)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        if self.pos >= len(self.data):
-            raise anyio.EndOfStream
-        start, self.pos = self.pos, self.pos + max_bytes
-        return self.data[start : self.pos]
-
-    async def aclose(self) -> None:
-        self.pos = len(self.data)
-
-
 @pytest.mark.usefixtures("checkpoint_every_frame")
 @pytest.mark.parametrize("allow", [None, []], ids=["trusted", "restricted"])
 async def test_a_load_from_buffered_data_lets_other_tasks_run(
@@ -655,7 +638,7 @@ async def test_a_load_from_buffered_data_lets_other_tasks_run(
         group.start_soon(other_task)
         await anyio.lowlevel.checkpoint()
         before = turns
-        assert await aload(_NeverWaits(data), allow=allow) == records
+        assert await aload(NeverWaits(data), allow=allow) == records
         during = turns - before
         done = True
     assert during >= len(data) // YIELD_EVERY - 1  # a turn about once a frame

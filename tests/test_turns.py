@@ -16,9 +16,9 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-from anyio.abc import ByteReceiveStream, ByteStream
 
 import streampickle
+from netutil import NeverWaits
 from streampickle import _turns
 
 pytestmark = pytest.mark.anyio
@@ -41,22 +41,6 @@ class Writer:
 
     async def write(self, data: bytes) -> None:
         self.writes += 1
-
-
-class Reader(ByteReceiveStream):
-    """Hands out DATA without ever waiting (a reader that had it all buffered)."""
-
-    def __init__(self) -> None:
-        self.pos = 0
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        if self.pos >= len(DATA):
-            raise anyio.EndOfStream
-        start, self.pos = self.pos, self.pos + max_bytes
-        return DATA[start : self.pos]
-
-    async def aclose(self) -> None:
-        self.pos = len(DATA)
 
 
 async def beats_during(work: Callable[[], Any], progress: Callable[[], int]) -> list[int]:
@@ -109,7 +93,7 @@ async def test_a_quick_aload_on_asyncio_does_not_stop_for_others(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(_turns, "perf_counter", clock(0.0))
-    reader = Reader()
+    reader = NeverWaits(DATA)
     obj: list[Any] = []
 
     async def load() -> None:
@@ -124,7 +108,7 @@ async def test_a_quick_aload_on_asyncio_does_not_stop_for_others(
 async def test_a_long_aload_on_asyncio_lets_others_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ticking: each frame's decision point comes 1 ms after the last."""
     monkeypatch.setattr(_turns, "perf_counter", clock(0.001))
-    reader = Reader()
+    reader = NeverWaits(DATA)
     beats = await beats_during(lambda: streampickle.aload(reader), lambda: reader.pos)
     assert len({beat for beat in beats if 0 < beat < len(DATA)}) >= 3  # all along the load
 
@@ -162,29 +146,6 @@ async def test_on_trio_every_decision_point_checkpoints(monkeypatch: pytest.Monk
     assert max(b - a for a, b in itertools.pairwise([0, *beats, writer.writes])) <= 2
 
 
-class Objects(ByteStream):
-    """A byte stream whose peer sent many small pickles at once: they are handed out without
-    ever waiting (a transport with them all buffered)."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        if self.pos >= len(self.data):
-            raise anyio.EndOfStream
-        start, self.pos = self.pos, self.pos + max_bytes
-        return self.data[start : self.pos]
-
-    async def send(self, item: bytes) -> None:
-        pass
-
-    async def send_eof(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        self.pos = len(self.data)
-
-
 async def test_a_run_of_small_receives_lets_others_run(
     monkeypatch: pytest.MonkeyPatch, anyio_backend: Any
 ) -> None:
@@ -192,7 +153,7 @@ async def test_a_run_of_small_receives_lets_others_run(
     loop a turn once it has run RUN_FOR (ticking: every few receives), on trio at each one."""
     monkeypatch.setattr(_turns, "perf_counter", clock(0.001))
     small = list(range(300))
-    stream = streampickle.PickleStream(Objects(b"".join(pickle.dumps(n, 5) for n in small)))
+    stream = streampickle.PickleStream(NeverWaits(b"".join(pickle.dumps(n, 5) for n in small)))
     got: list[int] = []
 
     async def receive_all() -> None:

@@ -20,13 +20,17 @@ Also for the receivers: the longest stall of the event loop during the receive (
 heartbeat task's worst lateness, see `bench_stream.Heartbeat`), the full collections run
 during it (``gc.get_stats()``), and the time of one ``gc.collect()`` right after: the full
 collection CPython runs some time later in every way (its cost; it is not part of the receive,
-and comes when the collector's own trigger fires). Medians over ``--rounds`` with ranges.
+and comes when the collector's own trigger fires). For the floor, also the time the C
+unpickler takes to free its memo when a load ends (`memo_freed_ms`): one step that every
+load of these bytes runs at its end, so no receiver's longest stall can be shorter. Medians
+over ``--rounds`` with ranges.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
 import pickle
 import statistics
@@ -81,7 +85,27 @@ def floor_child(args: argparse.Namespace) -> dict[str, Any]:
     full = gc.get_stats()[-1]["collections"] - full
     gc.enable()
     assert len(obj) == args.records and obj[-1] == record(args.records - 1)
-    return {"seconds": seconds, "full_collections": full, "collect_after_ms": collected_after()}
+    return {
+        "seconds": seconds,
+        "full_collections": full,
+        "collect_after_ms": collected_after(),
+        "memo_freed_ms": memo_freed_ms(data),
+    }
+
+
+def memo_freed_ms(data: bytes) -> float:
+    """Milliseconds the C unpickler takes to free its memo once a load of *data* is done (one
+    reference per memoized object, each touched once more): a single step inside every load
+    of these bytes, ``pickle.loads`` and streampickle's alike, which nothing can split."""
+    gc.disable()
+    unpickler = pickle.Unpickler(io.BytesIO(data))
+    obj = unpickler.load()
+    start = time.perf_counter()
+    del unpickler
+    freed = (time.perf_counter() - start) * 1000
+    del obj
+    gc.enable()
+    return freed
 
 
 async def receive(args: argparse.Namespace) -> dict[str, Any]:
@@ -181,20 +205,22 @@ def table(results: dict[int, dict[str, list[dict[str, Any]]]], note: str) -> str
         note or "Medians of the rounds (min-max). Ratios: the way's time / the floor's.",
         "",
         "| records | way | time (s) | / floor | longest loop stall (ms) | full collections "
-        "during | one gc.collect() after (ms) |",
-        "|---|---|---|---|---|---|---|",
+        "during | one gc.collect() after (ms) | the unpickler's memo freed (ms) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for count, ways in results.items():
         floor = statistics.median(run["seconds"] for run in ways["floor"])
         for way, runs in ways.items():
             seconds = [run["seconds"] for run in runs]
             stall = [run["stall_ms"] for run in runs if "stall_ms" in run]
+            freed = [run["memo_freed_ms"] for run in runs if "memo_freed_ms" in run]
             lines.append(
                 f"| {count:,} | {way} | {median_range(seconds, '{:.2f}')} | "
                 f"{statistics.median(seconds) / floor:.2f}x | "
                 f"{median_range(stall, '{:.0f}') if stall else '-'} | "
                 f"{statistics.median(run['full_collections'] for run in runs):.0f} | "
-                f"{statistics.median(run['collect_after_ms'] for run in runs):.0f} |"
+                f"{statistics.median(run['collect_after_ms'] for run in runs):.0f} | "
+                f"{median_range(freed, '{:.0f}') if freed else '-'} |"
             )
     return "\n".join(lines) + "\n"
 

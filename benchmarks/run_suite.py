@@ -481,6 +481,7 @@ def markdown(report: dict[str, Any], markdown_path: Path, out: Path) -> str:
     lines += included_lines(out / "clients.md", "Many concurrent clients", markdown_path)
     lines += protocol_lines(markdown_path)
     lines += restricted_lines(markdown_path)
+    lines += included_lines(ENGINES_TABLE, "Pickling engines (`engine=`)", markdown_path)
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({link}/{file})" for name, file in report["plots"].items()]
     return "\n".join(lines) + "\n"
@@ -548,6 +549,11 @@ def protocol_lines(markdown_path: Path) -> list[str]:
 #: The table of `bench_restricted` (a separate run: ``python benchmarks/bench_restricted.py
 #: --markdown benchmarks/results/restricted.md``), included in the report when present.
 RESTRICTED_TABLE = HERE / "results" / "restricted.md"
+
+
+#: The table of `bench_engines` (a separate run: ``python benchmarks/bench_engines.py
+#: --markdown benchmarks/results/engines.md``), included in the report when present.
+ENGINES_TABLE = HERE / "results" / "engines.md"
 
 
 def restricted_lines(markdown_path: Path) -> list[str]:

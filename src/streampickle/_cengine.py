@@ -347,6 +347,10 @@ class _Requester:
 
     __slots__ = ("answer",)
 
+    #: A file whose ``read(0)`` reaches an async driver, which may let other tasks run there
+    #: (the vetting reader offers it, `streampickle._policy.reader.CheckedReader`).
+    offers_turns = True
+
     def __init__(self) -> None:
         self.answer: Callable[[Request], Any] | None = None
 

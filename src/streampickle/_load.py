@@ -145,7 +145,7 @@ class Loader:
                 if reply is None:
                     reply = await self._answer(request)
                 self._unyielded += reply if type(reply) is int else len(reply)
-                if self._unyielded >= YIELD_EVERY:
+                if self._unyielded >= YIELD_EVERY or _offers_turn(request):
                     handed += self._unyielded
                     if pausing is None and handed >= _collector.SMALL:
                         pausing = _collector.begin()  # a graph worth pausing for
@@ -217,7 +217,7 @@ class Loader:
         """`_answer_buffered`, called inside the engine's worker (`Loading.answer_from`) while
         no turn is due: None, and the request comes out to `load`, once `YIELD_EVERY` bytes
         went out since the last turn."""
-        if self._unyielded >= YIELD_EVERY:
+        if self._unyielded >= YIELD_EVERY or _offers_turn(request):
             return None
         reply = self._answer_buffered(request)
         if reply is not None:
@@ -405,6 +405,12 @@ class Loader:
                 return self._take(self.buffered)
         size = end + 1 - self._pos
         return self._take(size if limit is None else min(size, limit))
+
+
+def _offers_turn(request: Request) -> bool:
+    """A ``Read(0)``: the loader offers a turn (the vetting reader, checking a long frame):
+    answered with nothing, and a decision point like `YIELD_EVERY` bytes handed on."""
+    return type(request) is Read and not request.size
 
 
 async def open_loader(reader: object) -> Loader:

@@ -57,7 +57,9 @@ def as_chunk(data: Any) -> Chunk:
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """Send back up to *size* bytes; fewer only at end of stream."""
+    """Send back up to *size* bytes; fewer only at end of stream. ``Read(0)`` (answered with
+    ``b""``) is where a restricted loader, in the middle of checking a long frame, lets an
+    async driver give other tasks a turn."""
 
     size: int
 

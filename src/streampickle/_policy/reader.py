@@ -32,9 +32,10 @@ class _Readable(Protocol):
 
 
 class _Deferred:
-    """A payload after its frame (BINBYTES8, BINUNICODE8, BYTEARRAY8...): its header was
-    checked, its bytes are data, so they are read from the inner file only as the unpickler
-    takes them, straight into its buffer when it reads with ``readinto``."""
+    """A payload outside a frame (after its frame, or in a pickle with none before it:
+    BINBYTES, BINUNICODE, their 8-byte forms, BYTEARRAY8): its header was checked, its bytes
+    are data, so they are read from the inner file only as the unpickler takes them, straight
+    into its buffer when it reads with ``readinto``."""
 
     __slots__ = ("size",)
 

@@ -213,7 +213,7 @@ class Loader:
             return b""
         return data + self.source.take_surplus()
 
-    def _answer_here(self, request: Request) -> bytes | int | None:
+    def _answer_here(self, request: Request) -> bytes | None:
         """`_answer_buffered`, called inside the engine's worker (`Loading.answer_from`) while
         no turn is due: None, and the request comes out to `load`, once `YIELD_EVERY` bytes
         went out since the last turn."""
@@ -221,10 +221,10 @@ class Loader:
             return None
         reply = self._answer_buffered(request)
         if reply is not None:
-            self._unyielded += len(reply) if isinstance(reply, bytes) else reply
+            self._unyielded += len(reply)
         return reply
 
-    def _answer_buffered(self, request: Request) -> bytes | int | None:
+    def _answer_buffered(self, request: Request) -> bytes | None:
         if isinstance(request, Peek):
             if not self._peek:
                 return b""

@@ -218,10 +218,14 @@ _DECODERS: dict[str, Callable[[bytes], Any]] = {
 }
 
 
+def _as_read(data: bytes) -> bytes:
+    return data
+
+
 def _deferring(field: LengthField, reader: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """*reader* (pickletools' for the payload opcode *field*), or, for a file that can defer
     payloads, one that defers those of `DEFER_AT_LEAST` bytes or more."""
-    decode = _DECODERS.get(field.name, bytes)
+    decode = _DECODERS.get(field.name, _as_read)
 
     def read(file: Any) -> Any:
         defer = getattr(file, "defer", None)

@@ -8,7 +8,7 @@ import pickle
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .._exceptions import ForbiddenGlobal, LimitExceeded, PolicyViolation
 from .._limits import Limits
@@ -20,6 +20,8 @@ from .rules import Rules
 
 __all__ = ["CheckedReader", "Restriction"]
 
+T = TypeVar("T")
+
 
 #: Opcodes checked between two offers of a turn to an async driver (`CheckedReader`): about
 #: 2-4 ms of checking here, and a greenlet round trip (~4 us) each.
@@ -27,7 +29,11 @@ TURN_EVERY = 256
 
 
 class _Readable(Protocol):
+    """What the vetting reader reads: the unpickler's `streampickle._cengine.Source`, which
+    offers ``readinto`` whatever its target has."""
+
     def read(self, size: int, /) -> bytes: ...
+    def readinto(self, buffer: Any, /) -> int: ...
     def readline(self, size: int = -1, /) -> bytes: ...
 
 
@@ -104,27 +110,14 @@ class _Recorder:
 
     def read_deferred_into(self, view: memoryview) -> int:
         """Fill *view* with bytes of a deferred payload; fewer at end of stream."""
-        readinto = getattr(self._inner, "readinto", None)
         filled = 0
         while filled < len(view):
-            if readinto is None:
-                data = self.read_deferred(len(view) - filled)
-                view[filled : filled + len(data)] = data
-                count = len(data)
-            else:
-                count = self._call_into(readinto, view[filled:])
-            filled += count
+            count = self._call(self._inner.readinto, view[filled:])
             if not count:
                 self.eof = True
                 break
+            filled += count
         return filled
-
-    def _call_into(self, method: Callable[[memoryview], int], view: memoryview) -> int:
-        try:
-            return method(view)
-        except BaseException as exc:
-            self.io_error = exc
-            raise
 
     def readline(self) -> bytes:
         # One byte past the limit is enough to refuse the line: never buffer a longer one.
@@ -134,7 +127,8 @@ class _Recorder:
         self._limits.check("pickle", self.position - self.start + len(data), "max_object_size")
         return self._keep(data, not data.endswith(b"\n"))
 
-    def _call(self, method: Callable[..., bytes], *args: int) -> bytes:
+    def _call(self, method: Callable[..., T], *args: Any) -> T:
+        """``method(*args)``, noting the exception it raises as the file's own (`io_error`)."""
         try:
             return method(*args)
         except BaseException as exc:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,16 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def python_imports(path: Path) -> str:
+    """The source of *path*, or for a Cython module (``.pyx``) its Python import lines (its
+    ``cimport`` lines import C declarations, not modules of the package)."""
+    text = path.read_text()
+    if path.suffix != ".pyx":
+        return text
+    lines = text.splitlines()
+    return "\n".join(line for line in lines if re.match(r"(from\s+\S+\s+)?import\s", line))
+
+
 def imports_of(path: Path) -> tuple[set[str], set[str]]:
     """(modules of the package, top-level external modules) that *path* imports."""
     name = module_name(path)
@@ -52,7 +63,7 @@ def imports_of(path: Path) -> tuple[set[str], set[str]]:
     )
     internal: set[str] = set()
     external: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(python_imports(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 top = alias.name.split(".")
@@ -81,7 +92,7 @@ def imports_of(path: Path) -> tuple[set[str], set[str]]:
 
 GRAPH = {
     module_name(path): imports_of(path)
-    for path in PACKAGE.rglob("*.py")
+    for path in [*PACKAGE.rglob("*.py"), *PACKAGE.rglob("*.pyx")]
     if "__pycache__" not in path.parts
 }
 

@@ -4,6 +4,7 @@ whose opcodes the stack rules (`.rules`) have checked, and the restriction that 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import sys
 from collections import deque
@@ -21,6 +22,25 @@ from .rules import Rules
 __all__ = ["CheckedReader", "Restriction"]
 
 T = TypeVar("T")
+
+#: The compiled accelerator's frame check (`streampickle._policy._scan.scan`): the common
+#: opcodes of a frame checked in C, exactly as `Rules.check` checks them. None where it is not
+#: built, or when the environment sets ``STREAMPICKLE_PURE_PYTHON`` (to anything but ``0``):
+#: then `Rules.check` checks every opcode.
+Scan = Callable[[Rules, bytes, int, int, int], tuple[int, int]]
+
+
+def _accelerator() -> Scan | None:
+    if os.environ.get("STREAMPICKLE_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from ._scan import scan
+    except ImportError:
+        return None
+    return scan
+
+
+SCAN = _accelerator()
 
 
 #: Opcodes checked between two offers of a turn to an async driver (`CheckedReader`): about
@@ -294,19 +314,38 @@ class CheckedReader:
             return start
         # A straddling or malformed opcode makes genops fail, which _check_payload sorts out.
         file = io.BytesIO(frame)
+        ops = genops(file)
+        scan = SCAN if type(frame) is bytes else None
         last = 0  # frame offset of the end of the last complete opcode
         try:
-            for opcode, arg, _ in genops(file):
+            while True:
+                if scan is not None:  # the common opcodes in C, up to one it leaves to Rules
+                    last = self._scan(scan, frame, start, last)
+                    if last == len(frame):
+                        return start + last
+                    file.seek(last)
+                opcode, arg, _ = next(ops)
                 self._count_opcode()
                 self._rules.check(opcode.name, arg, start + last, start + file.tell())
+                last = file.tell()
                 if opcode.name == "STOP":
                     self._ops = None
-                last = file.tell()
+                    return start + last
         except ValueError:  # the frame ended: between opcodes, or inside one
             if last == len(frame):
                 return start + last
             return self._check_payload(frame, start, last)
-        return start + last
+
+    def _scan(self, scan: Scan, frame: bytes, start: int, last: int) -> int:
+        """Check opcodes of *frame* from offset *last* with the accelerator, offering turns as
+        `_count_opcode` does; return the offset of the first opcode it leaves to `Rules`."""
+        while True:
+            last, used = scan(self._rules, frame, start, last, self._until_turn)
+            self._until_turn -= used
+            if self._until_turn:
+                return last
+            self._until_turn = TURN_EVERY
+            self._recorder.offer_turn()
 
     def _check_payload(self, frame: bytes, start: int, last: int) -> int:
         """The frame ended inside the opcode at *last*: accept it only if that is a payload

@@ -1,0 +1,355 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled accelerator of the vetting pass: checks the common opcodes of a frame as
+`streampickle._policy.rules.Rules.check` does, in C.
+
+`scan` walks a frame from an offset and applies, opcode by opcode, exactly what ``Rules.check``
+would do to the same model (the same `streampickle._policy.model` objects, `Rules` fields and
+helpers). It stops *before* any opcode it leaves to ``Rules.check``: one outside its set (a
+global, a call, BUILD, STOP, FRAME...), one that runs past the frame, one whose argument does not
+decode, and one that comes near a limit or would be refused. Such an opcode has changed
+nothing, so the pure-Python path checks it from scratch, with its own errors and messages: the
+accelerator never raises a refusal itself, and the results are the same with or without it
+(tests/test_scan.py checks that on thousands of pickles). The pure-Python path is the fallback
+where this module is not built, and ``STREAMPICKLE_PURE_PYTHON=1`` forces it.
+"""
+
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdint cimport int32_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+from cpython.pyport cimport PY_SSIZE_T_MAX
+
+from . import accounts as _accounts
+from . import model as _model
+
+cdef object Box = _model.Box
+cdef object Sized = _model.Sized
+cdef object Tuple = _model.Tuple
+cdef object Long = _model.Long
+cdef object MISSING = _model.MISSING
+cdef object EMPTY_TUPLE = _model.EMPTY_TUPLE
+cdef object KEPT_STRINGS = _model.KEPT_STRINGS
+cdef object COSTED = _model.COSTED
+cdef tuple SIZES = _model._SIZES
+cdef object COST_CAP = _model.COST_CAP
+cdef object SMALL_INT = _model._SMALL_INT
+cdef object PLAIN_KEYS = _accounts._PLAIN_KEYS
+cdef object NoneType = type(None)
+
+
+cdef inline object _sized(Py_ssize_t size):
+    if size < 256:
+        return SIZES[size]
+    return Sized(size)
+
+
+cdef inline uint32_t _u32(const unsigned char* p):
+    return <uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef inline double _float8(const unsigned char* p):
+    cdef uint64_t bits = 0
+    cdef int i
+    cdef double value
+    for i in range(8):
+        bits = (bits << 8) | p[i]
+    memcpy(&value, &bits, 8)
+    return value
+
+
+cdef inline bint _costed(object item):
+    cdef type kind = type(item)
+    if kind is int or kind is Sized or kind is str or kind is float or kind is bool:
+        return False
+    if item is None:
+        return False
+    return kind in COSTED
+
+
+cdef object _contain(object rules, object target, list items, bint costs):
+    """`Accounts.contain`; the walk up the holders is left to `Accounts.deepen`."""
+    cdef Py_ssize_t cost = 0
+    cdef Py_ssize_t deepest = 0
+    cdef Py_ssize_t depth
+    cdef bint live = False
+    cdef object item_cost = 0
+    cdef object holders
+    for item in items:
+        if not _costed(item):
+            cost += 1
+            continue
+        item_cost = item_cost + item.cost
+        if type(item) is not Long:
+            depth = item.depth
+            if depth > deepest:
+                deepest = depth
+            holders = item.holders
+            if holders is not None:
+                holders.append(target)
+                live = True
+    if costs:
+        total = target.cost + cost + item_cost
+        target.cost = total if total < COST_CAP else COST_CAP
+    if live and target.holders is None:
+        target.holders = []
+    if deepest >= target.depth:
+        if not target.holders and deepest < rules.max_nesting:
+            target.depth = deepest + 1  # all that `Accounts.deepen` does then
+        else:
+            rules.deepen(target, deepest + 1)
+
+
+cdef bint _plain_keys(list keys):
+    """Whether `Accounts.hash` would do nothing for *keys*: each costs one object and its hash
+    is not one the model follows (str, bytes, None, bools, ints that hash to themselves)."""
+    cdef type kind
+    for key in keys:
+        kind = type(key)
+        if kind is str or kind is Sized or kind is bool or key is None:
+            continue
+        if kind is int and -SMALL_INT < key < SMALL_INT:
+            continue
+        if kind in PLAIN_KEYS:
+            continue
+        return False
+    return True
+
+
+cdef Py_ssize_t _limit(object limit):
+    """A limit as a C size: -1 for none (or one no C size reaches)."""
+    if limit is None or limit >= PY_SSIZE_T_MAX:
+        return -1
+    return limit
+
+
+def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
+         Py_ssize_t budget):
+    """Check at most *budget* opcodes of *frame* (at stream offset *frame_start*) from frame
+    offset *position* with *rules*; return ``(offset reached, opcodes checked)``."""
+    cdef const unsigned char* data = frame
+    cdef Py_ssize_t size = len(frame)
+    cdef Py_ssize_t pos = position
+    cdef Py_ssize_t done = 0
+    cdef Py_ssize_t end, length, mark, fence, keep, index, count
+    cdef unsigned char code
+    cdef list stack = rules.stack
+    cdef list marks = rules.marks
+    cdef object memo = rules.memo
+    cdef list values = memo.values
+    cdef object limits = rules.limits
+    cdef Py_ssize_t opcodes = rules.opcodes
+    cdef Py_ssize_t max_opcodes = rules.max_opcodes
+    cdef Py_ssize_t max_depth = rules.max_stack_depth
+    cdef Py_ssize_t max_payload = _limit(limits.max_payload_size)
+    cdef Py_ssize_t max_memo = _limit(limits.max_memo_size)
+    cdef Py_ssize_t memo_writes = rules.memo_writes
+    cdef object value, target, text
+    cdef list items
+    try:
+        while done < budget and pos < size:
+            if opcodes >= max_opcodes or len(stack) + len(marks) >= max_depth:
+                break
+            fence = rules.fence
+            code = data[pos]
+            # -- pushes -----------------------------------------------------------------
+            if code == 0x4b:  # BININT1
+                if pos + 2 > size:
+                    break
+                stack.append(<long>data[pos + 1])
+                end = pos + 2
+            elif code == 0x4d:  # BININT2
+                if pos + 3 > size:
+                    break
+                stack.append(<long>(data[pos + 1] | (<uint16_t>data[pos + 2] << 8)))
+                end = pos + 3
+            elif code == 0x4a:  # BININT
+                if pos + 5 > size:
+                    break
+                stack.append(<long><int32_t>_u32(data + pos + 1))
+                end = pos + 5
+            elif code == 0x47:  # BINFLOAT
+                if pos + 9 > size:
+                    break
+                stack.append(_float8(data + pos + 1))
+                end = pos + 9
+            elif code == 0x4e:  # NONE
+                stack.append(None)
+                end = pos + 1
+            elif code == 0x88:  # NEWTRUE
+                stack.append(True)
+                end = pos + 1
+            elif code == 0x89:  # NEWFALSE
+                stack.append(False)
+                end = pos + 1
+            elif code == 0x8c or code == 0x58:  # SHORT_BINUNICODE, BINUNICODE
+                if code == 0x8c:
+                    if pos + 2 > size:
+                        break
+                    length = data[pos + 1]
+                    index = pos + 2
+                else:
+                    if pos + 5 > size:
+                        break
+                    length = _u32(data + pos + 1)
+                    index = pos + 5
+                if index + length > size or (max_payload >= 0 and length > max_payload):
+                    break
+                try:
+                    text = PyUnicode_DecodeUTF8(<const char*>data + index, length, "surrogatepass")
+                except UnicodeDecodeError:
+                    break
+                if text in KEPT_STRINGS:
+                    stack.append(text)
+                else:
+                    stack.append(_sized(len(text)))
+                end = index + length
+            elif code == 0x43 or code == 0x42:  # SHORT_BINBYTES, BINBYTES
+                if code == 0x43:
+                    if pos + 2 > size:
+                        break
+                    length = data[pos + 1]
+                    index = pos + 2
+                else:
+                    if pos + 5 > size:
+                        break
+                    length = _u32(data + pos + 1)
+                    index = pos + 5
+                if index + length > size or (max_payload >= 0 and length > max_payload):
+                    break
+                stack.append(_sized(length))
+                end = index + length
+            elif code == 0x5d or code == 0x7d or code == 0x8f:  # EMPTY_LIST, _DICT, _SET
+                stack.append(Box(0))
+                end = pos + 1
+            elif code == 0x29:  # EMPTY_TUPLE
+                stack.append(EMPTY_TUPLE)
+                end = pos + 1
+            elif code == 0x28:  # MARK
+                rules.fence = len(stack)
+                marks.append(len(stack))
+                end = pos + 1
+            # -- the memo ---------------------------------------------------------------
+            elif code == 0x94 or code == 0x71 or code == 0x72:  # MEMOIZE, BINPUT, LONG_BINPUT
+                if code == 0x94:
+                    index = memo.count
+                    end = pos + 1
+                elif code == 0x71:
+                    if pos + 2 > size:
+                        break
+                    index = data[pos + 1]
+                    end = pos + 2
+                else:
+                    if pos + 5 > size:
+                        break
+                    index = _u32(data + pos + 1)
+                    end = pos + 5
+                count = index + 1 if index + 1 > memo_writes + 1 else memo_writes + 1
+                if (max_memo >= 0 and count > max_memo) or len(stack) - 1 < fence:
+                    break
+                memo_writes += 1
+                rules.memo_writes = memo_writes
+                value = stack[len(stack) - 1]
+                if index < len(values):
+                    if values[index] is MISSING:
+                        memo.count += 1
+                    values[index] = value
+                elif index == len(values):
+                    values.append(value)
+                    memo.count += 1
+                else:
+                    memo.put(index, value)
+            elif code == 0x68 or code == 0x6a:  # BINGET, LONG_BINGET
+                if code == 0x68:
+                    if pos + 2 > size:
+                        break
+                    index = data[pos + 1]
+                    end = pos + 2
+                else:
+                    if pos + 5 > size:
+                        break
+                    index = _u32(data + pos + 1)
+                    end = pos + 5
+                stack.append(values[index] if index < len(values) else MISSING)
+            # -- containers -------------------------------------------------------------
+            elif code == 0x65 or code == 0x75 or code == 0x90:  # APPENDS, SETITEMS, ADDITEMS
+                if not marks:
+                    break
+                mark = marks[len(marks) - 1]
+                below = marks[len(marks) - 2] if len(marks) > 1 else 0
+                if mark - 1 < below:
+                    break
+                target = stack[mark - 1]
+                if type(target) is not Box or target.built:
+                    break
+                items = stack[mark:]
+                if code == 0x75:
+                    if not _plain_keys(items[::2]):
+                        break  # Rules.check charges the hashing (and may refuse it)
+                elif code == 0x90 and not _plain_keys(items):
+                    break
+                rules.end = frame_start + pos + 1
+                del stack[mark:]
+                marks.pop()
+                rules.fence = below
+                if target.size is not None:
+                    target.size += len(items) // 2 if code == 0x75 else len(items)
+                _contain(rules, target, items, True)
+                end = pos + 1
+            elif code == 0x61 or code == 0x73:  # APPEND, SETITEM
+                count = 1 if code == 0x61 else 2
+                keep = len(stack) - count
+                if keep - 1 < fence:
+                    break
+                target = stack[keep - 1]
+                if type(target) is not Box or target.built:
+                    break
+                items = stack[keep:]
+                if code == 0x73 and not _plain_keys(items[:1]):
+                    break
+                rules.end = frame_start + pos + 1
+                del stack[keep:]
+                if target.size is not None:
+                    target.size += 1
+                _contain(rules, target, items, True)
+                end = pos + 1
+            elif code == 0x85 or code == 0x86 or code == 0x87:  # TUPLE1, TUPLE2, TUPLE3
+                count = code - 0x84
+                keep = len(stack) - count
+                if keep < fence:
+                    break
+                items = stack[keep:]
+                rules.end = frame_start + pos + 1
+                del stack[keep:]
+                value = Tuple(items)
+                _contain(rules, value, items, True)
+                stack.append(value)
+                end = pos + 1
+            elif code == 0x74:  # TUPLE
+                if not marks:
+                    break
+                mark = marks[len(marks) - 1]
+                below = marks[len(marks) - 2] if len(marks) > 1 else 0
+                if mark < below:
+                    break
+                items = stack[mark:]
+                rules.end = frame_start + pos + 1
+                del stack[mark:]
+                marks.pop()
+                rules.fence = below
+                value = Tuple(items)
+                _contain(rules, value, items, True)
+                stack.append(value)
+                end = pos + 1
+            else:
+                break
+            opcodes += 1
+            pos = end
+            done += 1
+    except BaseException:
+        # An error of a helper (a limit that `Accounts.deepen` checks): as in `Rules.check`,
+        # the opcode that raised it was counted, and `rules.end` is its end.
+        rules.opcodes = opcodes + 1
+        raise
+    rules.opcodes = opcodes
+    if done:
+        rules.end = frame_start + pos
+    return pos, done

@@ -37,6 +37,7 @@ from streampickle import (
     ALLOW_DECIMAL,
     Allowlist,
     ForbiddenGlobal,
+    Peek,
     PolicyViolation,
     Read,
     ReadInto,
@@ -46,6 +47,7 @@ from streampickle import (
 from streampickle._limits import Limits
 from streampickle._policy import rules as policy_rules
 from streampickle._policy.allowlist import map_python2
+from streampickle._unpickler import PeekableBytes
 
 EVERYTHING = ALLOW_BUILTINS | ALLOW_COLLECTIONS | ALLOW_DATETIME | ALLOW_DECIMAL
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
@@ -594,11 +596,13 @@ def test_truncated_pickles_raise_the_usual_errors(protocol: int) -> None:
 # Sans-IO and real files
 
 
-def drive_sans_io(requests: Generator[Any, Any, Any], data: bytes) -> tuple[Any, list[type]]:
-    """Answer *requests* from *data* (a peek gets nothing); return the object and the kinds of
-    request made, leaving out the ``Read(0)`` turns the vetting reader offers (answered
-    ``b""``, as any driver answers them)."""
-    stream = io.BytesIO(data)
+def drive_sans_io(
+    requests: Generator[Any, Any, Any], data: bytes, stream: io.BytesIO | None = None
+) -> tuple[Any, list[type]]:
+    """Answer *requests* from *data* (or *stream*, whose ``peek`` answers peeks; without one a
+    peek gets nothing); return the object and the kinds of request made, leaving out the
+    ``Read(0)`` turns the vetting reader offers (answered ``b""``, as any driver answers them)."""
+    stream = io.BytesIO(data) if stream is None else stream
     kinds: list[type] = []
     reply: Any = None
     try:
@@ -612,20 +616,26 @@ def drive_sans_io(requests: Generator[Any, Any, Any], data: bytes) -> tuple[Any,
                 reply = stream.readinto(request.buffer)
             elif isinstance(request, ReadLine):
                 reply = stream.readline()
+            elif isinstance(request, Peek) and hasattr(stream, "peek"):
+                reply = stream.peek(request.size)
             else:
                 reply = b""
     except StopIteration as stop:
         return stop.value, kinds
 
 
+@pytest.mark.parametrize("peeks", [False, True], ids=["no peek", "peek"])
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_sans_io_restricted_loading(protocol: int) -> None:
+def test_sans_io_restricted_loading(protocol: int, peeks: bool) -> None:
+    """Answered peeks or not, the object is right and nothing past its STOP is read."""
     obj = DATA[0]
     data = pickle.dumps(obj, protocol)
     unpickler = streampickle.Unpickler(None, allow=DATA_ALLOW)
-    loaded, kinds = drive_sans_io(unpickler.iter_load(), data + b"next")
+    stream = (PeekableBytes if peeks else io.BytesIO)(data + b"next")
+    loaded, kinds = drive_sans_io(unpickler.iter_load(), b"", stream)
     assert loaded == obj
-    assert set(kinds) <= {Read, ReadLine}  # the checked reader never peeks
+    assert stream.read() == b"next"
+    assert set(kinds) <= {Read, ReadLine, Peek}
     assert streampickle.drive_load(unpickler.iter_load(), io.BytesIO(data)) == obj
     hostile = streampickle.Unpickler(None, allow=DATA_ALLOW)
     with pytest.raises(ForbiddenGlobal):
@@ -859,7 +869,7 @@ def test_iter_loads_restricted() -> None:
     data = pickle.dumps(DATA[0], 5)
     loaded, kinds = drive_sans_io(streampickle.iter_loads(allow=DATA_ALLOW), data)
     assert loaded == DATA[0]
-    assert set(kinds) <= {Read, ReadLine}
+    assert set(kinds) <= {Read, ReadLine, Peek}
     with pytest.raises(ForbiddenGlobal):
         drive_sans_io(streampickle.iter_loads(allow=[]), data)
 

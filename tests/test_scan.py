@@ -18,6 +18,7 @@ import hostile
 import streampickle
 from streampickle._policy import reader
 from streampickle._policy.rules import Rules
+from streampickle._unpickler import PeekableBytes
 from test_fuzz import HOSTILE_POLICY, LIMITS, hostile_pickles, mutate
 from test_policy import BUILTIN_DATA
 
@@ -75,10 +76,11 @@ def state(rules: Rules) -> Any:
     )
 
 
-def outcome(data: bytes, scan: Any, allow: Any, limits: dict[str, Any]) -> Any:
-    """What a restricted load of *data* gives with *scan* as the accelerator (None: none)."""
+def outcome(data: bytes, scan: Any, allow: Any, limits: dict[str, Any], file: Any) -> Any:
+    """What a restricted load of *data* from *file* (a class: a BytesIO, or one that can
+    peek) gives with *scan* as the accelerator (None: none)."""
     with mock.patch.object(reader, "SCAN", scan):
-        unpickler = streampickle.Unpickler(io.BytesIO(data), allow=allow, **limits)
+        unpickler = streampickle.Unpickler(file(data), allow=allow, **limits)
         try:
             result: Any = ("object", pickle.dumps(unpickler.load(), 5))
         except Exception as exc:
@@ -89,9 +91,14 @@ def outcome(data: bytes, scan: Any, allow: Any, limits: dict[str, Any]) -> Any:
 
 
 def assert_same(data: bytes, allow: Any, limits: dict[str, Any]) -> Any:
-    pure = outcome(data, None, allow, limits)
-    assert outcome(data, ACCELERATED, allow, limits) == pure
-    return pure
+    """Both ways give the same, reading a file that cannot peek (frames are checked in bulk)
+    and one that can (everything is); return what they give on the first."""
+    results = []
+    for file in (io.BytesIO, PeekableBytes):
+        pure = outcome(data, None, allow, limits, file)
+        assert outcome(data, ACCELERATED, allow, limits, file) == pure
+        results.append(pure)
+    return results[0]
 
 
 #: Limits from lifted to tiny, so that the accelerator meets each limit it leaves to the rules.
@@ -165,9 +172,10 @@ RECORDS = [{"id": i, "name": f"row {i}", "score": i * 0.5, "tags": ["a", "b"]} f
     ],
     ids=["records", "ints", "scalars", "nested dicts", "deep lists", "keys the model hashes"],
 )
-@pytest.mark.parametrize("protocol", [4, 5])
-def test_framed_pickles_are_checked_the_same_and_load_equal(obj: Any, protocol: int) -> None:
-    """Pickles as ``pickle`` writes them, many frames long: the same model, the right object."""
+@pytest.mark.parametrize("protocol", [0, 2, 3, 4, 5])
+def test_pickles_are_checked_the_same_and_load_equal(obj: Any, protocol: int) -> None:
+    """Pickles as ``pickle`` writes them, many frames long (or none): the same model, the
+    right object."""
     pickled = pickle.dumps(obj, protocol)
     lifted = dict.fromkeys(["max_opcodes", "max_stack_depth", "max_memo_size"], None)
     result, _ = assert_same(pickled, POLICY, lifted)

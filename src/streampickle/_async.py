@@ -200,7 +200,8 @@ async def aload(
     listed globals resolve, the opcodes are vetted before the unpickler acts on them, and the
     other `Limits` apply too (*max_payload_size*, *max_memo_size*, *max_opcodes*,
     *max_stack_depth*, *max_expansion*; passing one without *allow* is a ``TypeError``). The
-    restricted unpickler never peeks, so the read-ahead caveat above does not apply to it. Bad
+    restricted unpickler peeks only at bytes already checked, limits included, so the
+    read-ahead caveat above does not apply to it. Bad
     data then raises only ``UnpicklingError`` (a subclass for a refusal: `ForbiddenGlobal`,
     `PolicyViolation`, `LimitExceeded`) or ``EOFError``.
 

@@ -150,6 +150,16 @@ def load(
     ).load()
 
 
+class PeekableBytes(io.BytesIO):
+    """`loads`' file under ``allow=``: a ``BytesIO`` with ``peek``, so that the vetting pass
+    checks the opcodes outside frames in bulk (`streampickle._policy.reader.CheckedReader`)."""
+
+    def peek(self, size: int = 1, /) -> bytes:
+        position = self.tell()
+        with self.getbuffer() as view:
+            return bytes(view[position : position + max(size, 1)])
+
+
 def loads(
     data: Any,
     /,
@@ -167,7 +177,7 @@ def loads(
     """
     if allow is not None or limits:
         return load(
-            io.BytesIO(data),
+            io.BytesIO(data) if allow is None else PeekableBytes(data),
             fix_imports=fix_imports,
             encoding=encoding,
             errors=errors,

@@ -46,13 +46,17 @@ SCAN = _accelerator()
 #: Opcodes checked between two offers of a turn to an async driver (`CheckedReader`): about
 #: 2-4 ms of checking here, and a greenlet round trip (~4 us) each.
 TURN_EVERY = 256
+#: Bytes asked of the wrapped file's ``peek`` at a time, outside frames (`_scan_ahead`).
+_AHEAD = 1 << 16
 
 
 class _Readable(Protocol):
     """What the vetting reader reads: the unpickler's `streampickle._cengine.Source`, which
-    offers ``readinto`` whatever its target has."""
+    offers ``readinto`` and ``peek`` whatever its target has (``peek`` answers ``b""`` for a
+    target that cannot)."""
 
     def read(self, size: int, /) -> bytes: ...
+    def peek(self, size: int, /) -> bytes: ...
     def readinto(self, buffer: Any, /) -> int: ...
     def readline(self, size: int = -1, /) -> bytes: ...
 
@@ -105,6 +109,17 @@ class _Recorder:
             pieces.append(self._keep(piece, len(piece) < asked))
             remaining -= len(piece)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def ahead(self, size: int) -> bytes:
+        """Up to *size* bytes that the wrapped file will return next, without reading them (its
+        ``peek``), no more than max_object_size lets the pickle have; ``b""`` if it cannot tell."""
+        data = self._call(self._inner.peek, size)
+        room = self._limits.max_object_size
+        if room is not None:
+            room -= self.position - self.start
+            if len(data) > room:
+                data = data[: max(room, 0)]
+        return data
 
     def offer_turn(self) -> None:
         """Offer the driver a moment to let other tasks run, if the wrapped file is the
@@ -177,8 +192,10 @@ class CheckedReader:
     so the unpickler raises its usual ``EOFError``/``UnpicklingError``.
 
     It reads *inner* with ``read``/``readline``, never past the pickle's STOP: one read per
-    frame (checked as a whole, at C speed), one per field outside frames. It has no ``peek``,
-    so the unpickler never reads ahead of it. A payload of 64 KiB or more outside a frame
+    frame (checked as a whole, at C speed), one per field outside frames, or, where *inner*
+    can ``peek`` and the accelerator is built, one per run of opcodes it checked in bulk. Its
+    own ``peek`` offers only checked bytes, up to STOP, so the unpickler never reads ahead of
+    the check. A payload of 64 KiB or more outside a frame
     (`streampickle._opcodes.DEFER_AT_LEAST`; picklers write large ``bytes``, ``str`` and
     ``bytearray`` so) is checked by its header and read only as the unpickler reads it: with
     *inner*'s ``readinto``, if it has one, straight into the object's buffer. Cost: the check
@@ -197,6 +214,11 @@ class CheckedReader:
         self._recorder = _Recorder(inner, self._pending, self._limits)
         self._ops: Opcodes | None = None
         self._until_turn = TURN_EVERY  # opcodes to check before offering a turn
+        #: Outside frames, the bytes the wrapped file will return next (its ``peek``), from
+        #: stream offset ``_ahead_at``, which the accelerator checks in bulk; None once the
+        #: file cannot tell, for the rest of the pickle.
+        self._ahead: bytes | None = b""
+        self._ahead_at = 0
         self._memo = Memo()  # the model of the unpickler's memo, which outlives a pickle
         self._rules = Rules(self._limits, self._memo)
         #: The error that stopped this reader, raised again by every later read.
@@ -209,6 +231,35 @@ class CheckedReader:
         whole = parts[0].obj if len(parts) == 1 else None
         if isinstance(whole, bytes) and len(whole) == len(parts[0]):
             return whole  # a whole chunk (a frame, a payload): no copy
+        return b"".join(parts)
+
+    def peek(self, size: int = 1) -> bytes:
+        """Checked bytes not handed on yet, without handing them on: at least *size* of them if
+        the pickle has that many. Never past the pickle's STOP, nor into a deferred payload.
+        The C unpickler prefetches with it, so it makes a few large reads, not two an opcode."""
+        wanted = max(size, 1)
+        if self.failure is not None:
+            raise self.failure
+        pending = self._pending
+        while (
+            self._checked - self._handed < wanted
+            and (self._ops is not None or self._checked == self._handed)  # not past STOP
+            and not (pending and isinstance(pending[-1], _Deferred))
+            and self._step()
+        ):
+            pass
+        remaining = min(self._checked - self._handed, wanted)
+        parts: list[memoryview] = []
+        head = self._head
+        for chunk in pending:
+            if not remaining or isinstance(chunk, _Deferred):
+                break
+            if not parts and not head and remaining >= len(chunk) == self._checked - self._handed:
+                return bytes(chunk)  # all there is, a whole chunk: bytes already, not copied
+            part = memoryview(chunk)[head : head + remaining]
+            parts.append(part)
+            remaining -= len(part)
+            head = 0
         return b"".join(parts)
 
     def readinto(self, buffer: Any) -> int:
@@ -273,12 +324,16 @@ class CheckedReader:
 
     def _step(self) -> bool:
         """Check one more opcode (a whole frame after FRAME); ``False`` if the input ended."""
+        bulk = SCAN is not None and self._ops is not None and self._ahead is not None
         if self._ops is None:  # a new pickle starts (the unpickler never reads past STOP)
             self._ops = opcodes(self._recorder)
             self._rules = Rules(self._limits, self._memo, self._recorder.position)
             self._recorder.start = self._recorder.position
-        self._count_opcode()
+            self._ahead = b""
         try:
+            if bulk and SCAN is not None and self._scan_ahead(SCAN):
+                return not self._recorder.eof
+            self._count_opcode()
             opcode, arg, start, end = next(self._ops)
             self._rules.check(opcode.name, arg, start, end)
             if opcode.name == "FRAME":
@@ -294,6 +349,28 @@ class CheckedReader:
         if self._recorder.eof:  # a frame or payload cut short: never hand it on
             return False
         self._checked = end
+        return True
+
+    def _scan_ahead(self, scan: Scan) -> bool:
+        """Outside frames (protocols 0-3, or between frames), check the opcodes that follow in
+        bulk with the accelerator, from what the wrapped file says comes next, then read just
+        those; ``False`` if it checked none (the next opcode is left to `Rules`)."""
+        recorder = self._recorder
+        offset = recorder.position - self._ahead_at
+        ahead = self._ahead
+        assert ahead is not None
+        if not 0 <= offset < len(ahead):
+            ahead = recorder.ahead(_AHEAD)
+            if not ahead:
+                self._ahead = None  # the file cannot peek: one opcode at a time
+                return False
+            self._ahead, self._ahead_at, offset = ahead, recorder.position, 0
+        last = self._scan(scan, ahead, self._ahead_at, offset)
+        if last == offset:
+            return False
+        recorder.read_raw(last - offset)  # the bytes just checked
+        if not recorder.eof:
+            self._checked = recorder.position
         return True
 
     def _count_opcode(self) -> None:

@@ -152,12 +152,17 @@ def load(
 
 class PeekableBytes(io.BytesIO):
     """`loads`' file under ``allow=``: a ``BytesIO`` with ``peek``, so that the vetting pass
-    checks the opcodes outside frames in bulk (`streampickle._policy.reader.CheckedReader`)."""
+    checks the opcodes outside frames in bulk (`streampickle._policy.reader.CheckedReader`).
+    It peeks at the caller's buffer: ``getbuffer`` would copy it first (a ``BytesIO`` shares
+    its initial bytes until it is written or exported)."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__(data)
+        self._view = memoryview(data).cast("B")
 
     def peek(self, size: int = 1, /) -> bytes:
         position = self.tell()
-        with self.getbuffer() as view:
-            return bytes(view[position : position + max(size, 1)])
+        return bytes(self._view[position : position + max(size, 1)])
 
 
 def loads(

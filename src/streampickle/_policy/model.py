@@ -79,7 +79,7 @@ class Box(Sized):
     __slots__ = ("built", "cost", "depth", "hashes", "holders")
 
     def __init__(self, size: int | None) -> None:
-        super().__init__(size)
+        self.size = size  # as Sized.__init__, without the call: one of these per container
         self.depth = 1
         self.cost = 1
         self.holders: list[Any] | None = []

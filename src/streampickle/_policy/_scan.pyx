@@ -114,6 +114,19 @@ cdef bint _plain_keys(list keys):
     return True
 
 
+cdef inline Py_ssize_t _payload(const unsigned char* data, Py_ssize_t pos, Py_ssize_t size,
+                                bint wide, Py_ssize_t max_payload, Py_ssize_t* length):
+    """Where the payload of the length-prefixed opcode at *pos* starts (its length, of 4 bytes
+    if *wide* else 1, in *length*), or -1 if it runs past *size* or exceeds *max_payload*."""
+    cdef Py_ssize_t start = pos + (5 if wide else 2)
+    if start > size:
+        return -1
+    length[0] = _u32(data + pos + 1) if wide else data[pos + 1]
+    if start + length[0] > size or (max_payload >= 0 and length[0] > max_payload):
+        return -1
+    return start
+
+
 cdef Py_ssize_t _limit(object limit):
     """A limit as a C size: -1 for none (or one no C size reaches)."""
     if limit is None or limit >= PY_SSIZE_T_MAX:
@@ -181,17 +194,8 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                 stack.append(False)
                 end = pos + 1
             elif code == 0x8c or code == 0x58:  # SHORT_BINUNICODE, BINUNICODE
-                if code == 0x8c:
-                    if pos + 2 > size:
-                        break
-                    length = data[pos + 1]
-                    index = pos + 2
-                else:
-                    if pos + 5 > size:
-                        break
-                    length = _u32(data + pos + 1)
-                    index = pos + 5
-                if index + length > size or (max_payload >= 0 and length > max_payload):
+                index = _payload(data, pos, size, code == 0x58, max_payload, &length)
+                if index < 0:
                     break
                 try:
                     text = PyUnicode_DecodeUTF8(<const char*>data + index, length, "surrogatepass")
@@ -203,17 +207,8 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                     stack.append(_sized(len(text)))
                 end = index + length
             elif code == 0x43 or code == 0x42:  # SHORT_BINBYTES, BINBYTES
-                if code == 0x43:
-                    if pos + 2 > size:
-                        break
-                    length = data[pos + 1]
-                    index = pos + 2
-                else:
-                    if pos + 5 > size:
-                        break
-                    length = _u32(data + pos + 1)
-                    index = pos + 5
-                if index + length > size or (max_payload >= 0 and length > max_payload):
+                index = _payload(data, pos, size, code == 0x42, max_payload, &length)
+                if index < 0:
                     break
                 stack.append(_sized(length))
                 end = index + length

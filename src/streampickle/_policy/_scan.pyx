@@ -127,6 +127,16 @@ cdef inline Py_ssize_t _payload(const unsigned char* data, Py_ssize_t pos, Py_ss
     return start
 
 
+cdef inline Py_ssize_t _index(const unsigned char* data, Py_ssize_t pos, Py_ssize_t size,
+                              bint wide, Py_ssize_t* end):
+    """The memo index of the PUT/GET opcode at *pos* (of 4 bytes if *wide* else 1; where the
+    opcode ends in *end*), or -1 if it runs past *size*."""
+    end[0] = pos + (5 if wide else 2)
+    if end[0] > size:
+        return -1
+    return _u32(data + pos + 1) if wide else data[pos + 1]
+
+
 cdef Py_ssize_t _limit(object limit):
     """A limit as a C size: -1 for none (or one no C size reaches)."""
     if limit is None or limit >= PY_SSIZE_T_MAX:
@@ -227,16 +237,10 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                 if code == 0x94:
                     index = memo.count
                     end = pos + 1
-                elif code == 0x71:
-                    if pos + 2 > size:
-                        break
-                    index = data[pos + 1]
-                    end = pos + 2
                 else:
-                    if pos + 5 > size:
+                    index = _index(data, pos, size, code == 0x72, &end)
+                    if index < 0:
                         break
-                    index = _u32(data + pos + 1)
-                    end = pos + 5
                 count = index + 1 if index + 1 > memo_writes + 1 else memo_writes + 1
                 if (max_memo >= 0 and count > max_memo) or len(stack) - 1 < fence:
                     break
@@ -253,16 +257,9 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                 else:
                     memo.put(index, value)
             elif code == 0x68 or code == 0x6a:  # BINGET, LONG_BINGET
-                if code == 0x68:
-                    if pos + 2 > size:
-                        break
-                    index = data[pos + 1]
-                    end = pos + 2
-                else:
-                    if pos + 5 > size:
-                        break
-                    index = _u32(data + pos + 1)
-                    end = pos + 5
+                index = _index(data, pos, size, code == 0x6a, &end)
+                if index < 0:
+                    break
                 stack.append(values[index] if index < len(values) else MISSING)
             # -- containers -------------------------------------------------------------
             elif code == 0x65 or code == 0x75 or code == 0x90:  # APPENDS, SETITEMS, ADDITEMS

@@ -324,14 +324,14 @@ class CheckedReader:
 
     def _step(self) -> bool:
         """Check one more opcode (a whole frame after FRAME); ``False`` if the input ended."""
-        bulk = SCAN is not None and self._ops is not None and self._ahead is not None
+        scan = SCAN if self._ops is not None and self._ahead is not None else None  # in bulk
         if self._ops is None:  # a new pickle starts (the unpickler never reads past STOP)
             self._ops = opcodes(self._recorder)
             self._rules = Rules(self._limits, self._memo, self._recorder.position)
             self._recorder.start = self._recorder.position
             self._ahead = b""
         try:
-            if bulk and SCAN is not None and self._scan_ahead(SCAN):
+            if scan is not None and self._scan_ahead(scan):
                 return not self._recorder.eof
             self._count_opcode()
             opcode, arg, start, end = next(self._ops)

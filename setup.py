@@ -1,5 +1,6 @@
 """The build's one step beyond pyproject.toml: the optional compiled accelerator of the
-vetting pass (``streampickle._policy._scan``, from Cython).
+vetting pass (``streampickle._policy._scan``, and the model objects it works on,
+``_nodes``; from Cython).
 
 It is built where a C compiler is present. Where the build fails, or the environment sets
 ``STREAMPICKLE_PURE_PYTHON`` (to anything but ``0``), the package installs without it and
@@ -46,10 +47,14 @@ def extensions() -> list[Extension]:
         from Cython.Build import cythonize
     except ImportError:
         return []
-    source = os.path.join("src", "streampickle", "_policy", "_scan.pyx")
+    folder = os.path.join("src", "streampickle", "_policy")
+    modules = [
+        Extension(f"streampickle._policy.{name}", [os.path.join(folder, f"{name}.pyx")])
+        for name in ("_nodes", "_scan")
+    ]
     return list(
         cythonize(
-            [Extension("streampickle._policy._scan", [source])],
+            modules,
             compiler_directives={"language_level": "3"},
             quiet=True,
         )

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import hostile
 import streampickle
-from streampickle._policy import reader
+from streampickle._policy import model, reader
 from streampickle._policy.rules import Rules
 from streampickle._unpickler import PeekableBytes
 from test_fuzz import HOSTILE_POLICY, LIMITS, hostile_pickles, mutate
@@ -33,8 +33,11 @@ def test_the_accelerator_is_built_unless_the_pure_python_path_is_asked_for() -> 
     """CI builds it (setup.py; gcc is there): a silent build failure would leave it untested."""
     if PURE:
         assert reader.SCAN is None
+        assert model.Box.__module__ == "streampickle._policy.nodes"
     else:
         assert reader.SCAN is not None, "streampickle._policy._scan is not built: pip install -e ."
+        assert model.Box.__module__ == "streampickle._policy._nodes"
+        assert model.Sized.__module__ == "streampickle._policy._nodes"
 
 
 def framed(data: bytes) -> bytes:
@@ -44,12 +47,16 @@ def framed(data: bytes) -> bytes:
     return b"\x80\x04\x95" + len(body).to_bytes(8, "little") + body
 
 
+#: What the model objects know (the compiled ones, `_nodes`, have no ``__slots__`` to list).
+FIELDS = ("size", "depth", "cost", "built", "hashed", "what")
+
+
 def describe(value: Any, depth: int = 0) -> Any:
     """What the model knows of *value* (a model object, or a literal it keeps)."""
-    if value is None or type(value) in (int, float, str, bool) or not hasattr(value, "__slots__"):
+    if not any(hasattr(value, name) for name in FIELDS):
         return (type(value).__name__, repr(value))  # a literal, or a ModelledCallable
     fields: list[Any] = [type(value).__name__]
-    for name in ("size", "depth", "cost", "built", "hashed", "what"):
+    for name in FIELDS:
         fields.append(getattr(value, name, "-"))
     holders = getattr(value, "holders", "-")
     fields.append(len(holders) if isinstance(holders, list) else holders)

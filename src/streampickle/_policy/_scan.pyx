@@ -20,9 +20,8 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 
 from . import accounts as _accounts
 from . import model as _model
+from ._nodes cimport Box, Sized
 
-cdef object Box = _model.Box
-cdef object Sized = _model.Sized
 cdef object Tuple = _model.Tuple
 cdef object Long = _model.Long
 cdef object MISSING = _model.MISSING
@@ -30,7 +29,7 @@ cdef object EMPTY_TUPLE = _model.EMPTY_TUPLE
 cdef object KEPT_STRINGS = _model.KEPT_STRINGS
 cdef object COSTED = _model.COSTED
 cdef tuple SIZES = _model._SIZES
-cdef object COST_CAP = _model.COST_CAP
+cdef Py_ssize_t COST_CAP = _model.COST_CAP
 cdef object SMALL_INT = _model._SMALL_INT
 cdef object PLAIN_KEYS = _accounts._PLAIN_KEYS
 cdef object NoneType = type(None)
@@ -56,46 +55,76 @@ cdef inline double _float8(const unsigned char* p):
     return value
 
 
-cdef inline bint _costed(object item):
-    cdef type kind = type(item)
-    if kind is int or kind is Sized or kind is str or kind is float or kind is bool:
-        return False
-    if item is None:
-        return False
-    return kind in COSTED
+cdef inline Py_ssize_t _add_cost(Py_ssize_t total, Py_ssize_t cost):
+    """*total* + *cost*, saturating at ``COST_CAP`` (as the model's ``min(..., COST_CAP)``;
+    both are at most that)."""
+    return COST_CAP if cost >= COST_CAP - total else total + cost
 
 
-cdef object _contain(object rules, object target, list items, bint costs):
-    """`Accounts.contain`; the walk up the holders is left to `Accounts.deepen`."""
+cdef inline Box _box():
+    """``Box(0)``, without the call of ``__init__``."""
+    cdef Box box = Box.__new__(Box)
+    box.size = 0
+    box.depth = 1
+    box.cost = 1
+    box.holders = []
+    return box
+
+
+cdef object _contain(object rules, object target, list items, Py_ssize_t max_nesting,
+                     Py_ssize_t end):
+    """`Accounts.contain` of *items* in *target* (a `Box` or a `Tuple`), *end* the stream
+    offset of the opcode's end; the walk up the holders is left to `Accounts.deepen`."""
     cdef Py_ssize_t cost = 0
     cdef Py_ssize_t deepest = 0
     cdef Py_ssize_t depth
     cdef bint live = False
-    cdef object item_cost = 0
-    cdef object holders
+    cdef list holders
+    cdef Box box
+    cdef type kind
     for item in items:
-        if not _costed(item):
-            cost += 1
+        kind = type(item)
+        if kind is Box:
+            box = <Box>item
+            cost = _add_cost(cost, box.cost)
+            depth = box.depth
+            holders = box.holders
+        elif (kind is int or kind is Sized or kind is str or kind is float or kind is bool
+                or item is None or kind not in COSTED):
+            cost = _add_cost(cost, 1)
             continue
-        item_cost = item_cost + item.cost
-        if type(item) is not Long:
-            depth = item.depth
-            if depth > deepest:
-                deepest = depth
-            holders = item.holders
-            if holders is not None:
-                holders.append(target)
-                live = True
-    if costs:
-        total = target.cost + cost + item_cost
-        target.cost = total if total < COST_CAP else COST_CAP
-    if live and target.holders is None:
-        target.holders = []
-    if deepest >= target.depth:
-        if not target.holders and deepest < rules.max_nesting:
-            target.depth = deepest + 1  # all that `Accounts.deepen` does then
         else:
-            rules.deepen(target, deepest + 1)
+            cost = _add_cost(cost, item.cost)
+            if kind is Long:
+                continue
+            depth = item.depth
+            holders = item.holders
+        if depth > deepest:
+            deepest = depth
+        if holders is not None:
+            holders.append(target)
+            live = True
+    if type(target) is Box:
+        box = <Box>target
+        box.cost = _add_cost(box.cost, cost)
+        if live and box.holders is None:
+            box.holders = []
+        if deepest < box.depth:
+            return
+        if not box.holders and deepest < max_nesting:
+            box.depth = deepest + 1  # all that `Accounts.deepen` does then
+            return
+    else:
+        target.cost = _add_cost(target.cost, cost)
+        if live and target.holders is None:
+            target.holders = []
+        if deepest < target.depth:
+            return
+        if not target.holders and deepest < max_nesting:
+            target.depth = deepest + 1
+            return
+    rules.end = end  # `Accounts.charge_work` sizes the work by the bytes received
+    rules.deepen(target, deepest + 1)
 
 
 cdef bint _plain_keys(list keys):
@@ -152,7 +181,7 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
     cdef Py_ssize_t size = len(frame)
     cdef Py_ssize_t pos = position
     cdef Py_ssize_t done = 0
-    cdef Py_ssize_t end, length, mark, fence, keep, index, count
+    cdef Py_ssize_t end, length, mark, below, keep, index, count
     cdef unsigned char code
     cdef list stack = rules.stack
     cdef list marks = rules.marks
@@ -164,14 +193,18 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
     cdef Py_ssize_t max_depth = rules.max_stack_depth
     cdef Py_ssize_t max_payload = _limit(limits.max_payload_size)
     cdef Py_ssize_t max_memo = _limit(limits.max_memo_size)
+    cdef Py_ssize_t max_nesting = rules.max_nesting
+    # Kept in C while the scan runs, written back when it stops (also on an error).
+    cdef Py_ssize_t fence = rules.fence
     cdef Py_ssize_t memo_writes = rules.memo_writes
-    cdef object value, target, text
+    cdef Py_ssize_t memo_count = memo.count
+    cdef object value, text
+    cdef Box target
     cdef list items
     try:
         while done < budget and pos < size:
             if opcodes >= max_opcodes or len(stack) + len(marks) >= max_depth:
                 break
-            fence = rules.fence
             code = data[pos]
             # -- pushes -----------------------------------------------------------------
             if code == 0x4b:  # BININT1
@@ -223,19 +256,19 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                 stack.append(_sized(length))
                 end = index + length
             elif code == 0x5d or code == 0x7d or code == 0x8f:  # EMPTY_LIST, _DICT, _SET
-                stack.append(Box(0))
+                stack.append(_box())
                 end = pos + 1
             elif code == 0x29:  # EMPTY_TUPLE
                 stack.append(EMPTY_TUPLE)
                 end = pos + 1
             elif code == 0x28:  # MARK
-                rules.fence = len(stack)
-                marks.append(len(stack))
+                fence = len(stack)
+                marks.append(fence)
                 end = pos + 1
             # -- the memo ---------------------------------------------------------------
             elif code == 0x94 or code == 0x71 or code == 0x72:  # MEMOIZE, BINPUT, LONG_BINPUT
                 if code == 0x94:
-                    index = memo.count
+                    index = memo_count
                     end = pos + 1
                 else:
                     index = _index(data, pos, size, code == 0x72, &end)
@@ -245,17 +278,18 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                 if (max_memo >= 0 and count > max_memo) or len(stack) - 1 < fence:
                     break
                 memo_writes += 1
-                rules.memo_writes = memo_writes
                 value = stack[len(stack) - 1]
                 if index < len(values):
                     if values[index] is MISSING:
-                        memo.count += 1
+                        memo_count += 1
                     values[index] = value
                 elif index == len(values):
                     values.append(value)
-                    memo.count += 1
+                    memo_count += 1
                 else:
+                    memo.count = memo_count
                     memo.put(index, value)
+                    memo_count = memo.count
             elif code == 0x68 or code == 0x6a:  # BINGET, LONG_BINGET
                 index = _index(data, pos, size, code == 0x6a, &end)
                 if index < 0:
@@ -269,39 +303,39 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                 below = marks[len(marks) - 2] if len(marks) > 1 else 0
                 if mark - 1 < below:
                     break
-                target = stack[mark - 1]
-                if type(target) is not Box or target.built:
+                value = stack[mark - 1]
+                if type(value) is not Box or (<Box>value).built:
                     break
+                target = <Box>value
                 items = stack[mark:]
                 if code == 0x75:
                     if not _plain_keys(items[::2]):
                         break  # Rules.check charges the hashing (and may refuse it)
                 elif code == 0x90 and not _plain_keys(items):
                     break
-                rules.end = frame_start + pos + 1
                 del stack[mark:]
                 marks.pop()
-                rules.fence = below
+                fence = below
                 if target.size is not None:
                     target.size += len(items) // 2 if code == 0x75 else len(items)
-                _contain(rules, target, items, True)
+                _contain(rules, target, items, max_nesting, frame_start + pos + 1)
                 end = pos + 1
             elif code == 0x61 or code == 0x73:  # APPEND, SETITEM
                 count = 1 if code == 0x61 else 2
                 keep = len(stack) - count
                 if keep - 1 < fence:
                     break
-                target = stack[keep - 1]
-                if type(target) is not Box or target.built:
+                value = stack[keep - 1]
+                if type(value) is not Box or (<Box>value).built:
                     break
+                target = <Box>value
                 items = stack[keep:]
                 if code == 0x73 and not _plain_keys(items[:1]):
                     break
-                rules.end = frame_start + pos + 1
                 del stack[keep:]
                 if target.size is not None:
                     target.size += 1
-                _contain(rules, target, items, True)
+                _contain(rules, target, items, max_nesting, frame_start + pos + 1)
                 end = pos + 1
             elif code == 0x85 or code == 0x86 or code == 0x87:  # TUPLE1, TUPLE2, TUPLE3
                 count = code - 0x84
@@ -309,10 +343,9 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                 if keep < fence:
                     break
                 items = stack[keep:]
-                rules.end = frame_start + pos + 1
                 del stack[keep:]
                 value = Tuple(items)
-                _contain(rules, value, items, True)
+                _contain(rules, value, items, max_nesting, frame_start + pos + 1)
                 stack.append(value)
                 end = pos + 1
             elif code == 0x74:  # TUPLE
@@ -323,12 +356,11 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                 if mark < below:
                     break
                 items = stack[mark:]
-                rules.end = frame_start + pos + 1
                 del stack[mark:]
                 marks.pop()
-                rules.fence = below
+                fence = below
                 value = Tuple(items)
-                _contain(rules, value, items, True)
+                _contain(rules, value, items, max_nesting, frame_start + pos + 1)
                 stack.append(value)
                 end = pos + 1
             else:
@@ -341,6 +373,10 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
         # the opcode that raised it was counted, and `rules.end` is its end.
         rules.opcodes = opcodes + 1
         raise
+    finally:
+        rules.fence = fence
+        rules.memo_writes = memo_writes
+        memo.count = memo_count
     rules.opcodes = opcodes
     if done:
         rules.end = frame_start + pos

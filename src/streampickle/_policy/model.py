@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .allowlist import Pair, map_python2
+from .nodes import Box as Box  # re-exported: the model's classes, with those below
+from .nodes import Sized as Sized
 
 # The model of the unpickler's stack and memo, and of the calls it makes
 #
@@ -55,37 +57,6 @@ from .allowlist import Pair, map_python2
 # nested objects (``str``, ``repr``, ``collections.UserString``...) cannot be bounded by a
 # container's length: do not allow them. Callables not in `CALLABLES` (the fixed-size ones
 # above, and whatever else an allowlist lists) are called with the sender's arguments unsized.
-
-
-class Sized:
-    """The model of an object whose length is known (a str, bytes, tuple, frozenset, range,
-    or what a modelled call built); ``size`` is None for a range of unknown length."""
-
-    __slots__ = ("size",)
-
-    def __init__(self, size: int | None) -> None:
-        self.size = size
-
-
-class Box(Sized):
-    """The model of a mutable container (list, dict, set, bytearray, deque...): APPEND(S),
-    SETITEM(S) and ADDITEMS add to its size, seen through every reference to it.
-
-    Like every model of an object that holds others (`NESTS`): ``depth`` counts the containers
-    nested in it, itself included; ``holders`` lists the containers that hold it, once per
-    reference (None once nothing it holds can deepen: it never deepens again); ``cost`` is
-    what hashing it, or a copy of it, visits. ``built`` is set by a BUILD on it."""
-
-    __slots__ = ("built", "cost", "depth", "hashes", "holders")
-
-    def __init__(self, size: int | None) -> None:
-        self.size = size  # as Sized.__init__, without the call: one of these per container
-        self.depth = 1
-        self.cost = 1
-        self.holders: list[Any] | None = []
-        self.built = False
-        #: The known hashes of its keys or members, and how many have each (`Accounts.hash`).
-        self.hashes: dict[int, int] | None = None
 
 
 #: A call's arguments are kept in the model of a tuple up to this many (every modelled

@@ -4,7 +4,6 @@ whose opcodes the stack rules (`.rules`) have checked, and the restriction that 
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import sys
 from collections import deque
@@ -17,6 +16,7 @@ from .._opcodes import BY_CODE, LONGEST_FIXED_ARGUMENT, UNFRAMED_HEADERS, Opcode
 from .._sansio import PIECE_SIZE
 from .allowlist import Allowlist, Pair, as_allowlist
 from .model import Memo
+from .nodes import compiled
 from .rules import Rules
 
 __all__ = ["CheckedReader", "Restriction"]
@@ -30,17 +30,7 @@ T = TypeVar("T")
 Scan = Callable[[Rules, bytes, int, int, int], tuple[int, int]]
 
 
-def _accelerator() -> Scan | None:
-    if os.environ.get("STREAMPICKLE_PURE_PYTHON", "") not in ("", "0"):
-        return None
-    try:
-        from ._scan import scan
-    except ImportError:
-        return None
-    return scan
-
-
-SCAN = _accelerator()
+SCAN: Scan | None = getattr(compiled("_scan"), "scan", None)
 
 
 #: Opcodes checked between two offers of a turn to an async driver (`CheckedReader`): about

@@ -1,0 +1,13 @@
+from typing import Any
+
+class Sized:
+    size: int | None
+    def __init__(self, size: int | None) -> None: ...
+
+class Box(Sized):
+    built: bool
+    cost: int
+    depth: int
+    hashes: dict[int, int] | None
+    holders: list[Any] | None
+    def __init__(self, size: int | None) -> None: ...

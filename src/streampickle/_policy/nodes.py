@@ -1,0 +1,60 @@
+"""The models the vetting pass makes most, one per container a pickle builds: ``Sized`` and
+``Box`` (see `streampickle._policy.model`), compiled where the accelerator is built
+(`streampickle._policy._nodes`: C fields that `streampickle._policy._scan` reads and writes
+without attribute lookups), the pure-Python classes below where not."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["Box", "Sized", "compiled"]
+
+
+def compiled(name: str) -> Any:
+    """This package's compiled module *name* (``_nodes``, ``_scan``), or None where it is not
+    built or the environment sets ``STREAMPICKLE_PURE_PYTHON`` (to anything but ``0``)."""
+    if os.environ.get("STREAMPICKLE_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        return importlib.import_module(f"{__package__}.{name}")
+    except ImportError:
+        return None
+
+
+_NODES = compiled("_nodes")
+
+if TYPE_CHECKING or _NODES is None:
+
+    class Sized:
+        """The model of an object whose length is known (a str, bytes, tuple, frozenset, range,
+        or what a modelled call built); ``size`` is None for a range of unknown length."""
+
+        __slots__ = ("size",)
+
+        def __init__(self, size: int | None) -> None:
+            self.size = size
+
+    class Box(Sized):
+        """The model of a mutable container (list, dict, set, bytearray, deque...): APPEND(S),
+        SETITEM(S) and ADDITEMS add to its size, seen through every reference to it.
+
+        Like every model of an object that holds others (`NESTS`): ``depth`` counts the containers
+        nested in it, itself included; ``holders`` lists the containers that hold it, once per
+        reference (None once nothing it holds can deepen: it never deepens again); ``cost`` is
+        what hashing it, or a copy of it, visits. ``built`` is set by a BUILD on it."""
+
+        __slots__ = ("built", "cost", "depth", "hashes", "holders")
+
+        def __init__(self, size: int | None) -> None:
+            self.size = size  # as Sized.__init__, without the call: one of these per container
+            self.depth = 1
+            self.cost = 1
+            self.holders: list[Any] | None = []
+            self.built = False
+            #: The known hashes of its keys or members, and how many have each (`Accounts.hash`).
+            self.hashes: dict[int, int] | None = None
+
+else:
+    Sized, Box = _NODES.Sized, _NODES.Box

@@ -82,6 +82,30 @@ def top_down(make: bytes, add: bytes, levels: int, prefix: bytes = b"") -> bytes
     return PROTO + prefix + make + put(1) + level * levels + POP + get(1) + STOP
 
 
+def shared_top_down(levels: int) -> bytes:
+    """`top_down` lists, the first of them held by three references taken before the chain
+    grew: twice by a list that is dropped, then once by the one the root holds (the root
+    deepens with the chain only through that third reference)."""
+    holders = EMPTY_LIST + get(1) + APPEND + get(1) + APPEND + POP  # [S, S], dropped
+    holders += EMPTY_LIST + get(1) + APPEND + APPEND  # [S] into the root
+    level = EMPTY_LIST + put(2) + APPEND + POP + get(2)
+    return (
+        PROTO
+        + EMPTY_LIST
+        + put(1)
+        + POP
+        + EMPTY_LIST
+        + put(0)
+        + holders
+        + POP
+        + get(1)
+        + (level * levels)
+        + POP
+        + get(0)
+        + STOP
+    )
+
+
 def bottom_up(start: bytes, wrap: bytes, levels: int, prefix: bytes = b"") -> bytes:
     """``wrap`` pushes a container holding memo 1 (the level below)."""
     return PROTO + prefix + start + (put(1) + POP + wrap) * levels + STOP
@@ -103,6 +127,7 @@ DEEP: dict[str, Callable[[int], bytes]] = {
     "deques top-down": lambda n: top_down(_NEW_DEQUE, APPEND, n, _DEQUES),
     "deques bottom-up": lambda n: bottom_up(_NEW_DEQUE, call_of_list(get(1)), n, _DEQUES),
     "lists top-down": lambda n: top_down(EMPTY_LIST, APPEND, n),
+    "lists top-down, shared": shared_top_down,
     "lists bottom-up": lambda n: bottom_up(EMPTY_LIST, EMPTY_LIST + get(1) + APPEND, n),
     "dicts top-down": lambda n: top_down(b"K\x00" + EMPTY_DICT, SETITEM, n),
     "tuple() calls": lambda n: bottom_up(

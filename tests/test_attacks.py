@@ -13,6 +13,7 @@ import io
 import pickle
 import tracemalloc
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -27,6 +28,7 @@ from streampickle import (
     LimitExceeded,
     PolicyViolation,
 )
+from streampickle._policy import reader
 
 ALLOW = ALLOW_BUILTINS | ALLOW_COLLECTIONS | [(hostile.ME, "Node"), ("builtins", "tuple")]
 #: What instances need at protocols 0 and 1.
@@ -66,6 +68,18 @@ def test_plain_pickle_builds_the_deep_chains(shape: str) -> None:
         obj = obj.next if isinstance(obj, hostile.Node) else next(iter(obj))
         depth += 1
     assert depth >= LEVELS
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["as built", "pure Python"])
+def test_a_chain_deepens_every_reference_that_holds_it(pure: bool) -> None:
+    # The root holds the chain only through the third of the references to its first list,
+    # all taken before the chain grew (`nodes.add_holder`: one holder, then a list): the
+    # limit is met at exactly the depth plain pickle builds.
+    assert pickle.loads(hostile.shared_top_down(3)) == [[[[[[]]]]]]
+    with mock.patch.object(reader, "SCAN", None if pure else reader.SCAN):
+        assert streampickle.loads(hostile.shared_top_down(497), allow=[])  # 500 levels
+        with pytest.raises(LimitExceeded, match="nesting of 501 levels exceeds max_nesting"):
+            streampickle.loads(hostile.shared_top_down(498), allow=[])
 
 
 def test_data_within_the_nesting_limit_loads() -> None:

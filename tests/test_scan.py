@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import hostile
 import streampickle
 from streampickle._policy import model, reader
+from streampickle._policy.nodes import holders_of
 from streampickle._policy.rules import Rules
 from streampickle._unpickler import PeekableBytes
 from test_fuzz import HOSTILE_POLICY, LIMITS, hostile_pickles, mutate
@@ -59,7 +60,7 @@ def describe(value: Any, depth: int = 0) -> Any:
     for name in FIELDS:
         fields.append(getattr(value, name, "-"))
     holders = getattr(value, "holders", "-")
-    fields.append(len(holders) if isinstance(holders, list) else holders)
+    fields.append(holders if holders in ("-", None) else len(holders_of(holders)))
     hashes = getattr(value, "hashes", None)
     fields.append(sorted(hashes.items()) if isinstance(hashes, dict) else hashes)
     items = getattr(value, "items", None)

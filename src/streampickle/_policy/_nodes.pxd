@@ -10,4 +10,4 @@ cdef class Box(Sized):
     cdef public Py_ssize_t cost
     cdef public Py_ssize_t depth
     cdef public dict hashes
-    cdef public list holders
+    cdef public object holders

@@ -9,5 +9,5 @@ class Box(Sized):
     cost: int
     depth: int
     hashes: dict[int, int] | None
-    holders: list[Any] | None
+    holders: Any
     def __init__(self, size: int | None) -> None: ...

@@ -22,6 +22,6 @@ cdef class Box(Sized):
         self.size = size
         self.depth = 1
         self.cost = 1
-        self.holders = []
+        self.holders = ()  # nodes.NO_HOLDERS
         self.built = False
         self.hashes = None

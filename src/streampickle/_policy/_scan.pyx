@@ -25,6 +25,7 @@ from ._nodes cimport Box, Sized
 cdef object Tuple = _model.Tuple
 cdef object Long = _model.Long
 cdef object MISSING = _model.MISSING
+cdef object NO_HOLDERS = _model.NO_HOLDERS
 cdef object EMPTY_TUPLE = _model.EMPTY_TUPLE
 cdef object KEPT_STRINGS = _model.KEPT_STRINGS
 cdef object COSTED = _model.COSTED
@@ -67,8 +68,18 @@ cdef inline Box _box():
     box.size = 0
     box.depth = 1
     box.cost = 1
-    box.holders = []
+    box.holders = NO_HOLDERS
     return box
+
+
+cdef inline void _add_holder(object node, object holders, object holder):
+    """`nodes.add_holder`."""
+    if holders is NO_HOLDERS:
+        node.holders = holder
+    elif type(holders) is list:
+        (<list>holders).append(holder)
+    else:
+        node.holders = [holders, holder]
 
 
 cdef object _contain(object rules, object target, list items, Py_ssize_t max_nesting,
@@ -79,7 +90,7 @@ cdef object _contain(object rules, object target, list items, Py_ssize_t max_nes
     cdef Py_ssize_t deepest = 0
     cdef Py_ssize_t depth
     cdef bint live = False
-    cdef list holders
+    cdef object holders
     cdef Box box
     cdef type kind
     for item in items:
@@ -89,6 +100,15 @@ cdef object _contain(object rules, object target, list items, Py_ssize_t max_nes
             cost = _add_cost(cost, box.cost)
             depth = box.depth
             holders = box.holders
+            if holders is NO_HOLDERS:
+                box.holders = target  # its one holder (`nodes.add_holder`)
+                live = True
+            elif holders is not None:
+                _add_holder(item, holders, target)
+                live = True
+            if depth > deepest:
+                deepest = depth
+            continue
         elif (kind is int or kind is Sized or kind is str or kind is float or kind is bool
                 or item is None or kind not in COSTED):
             cost = _add_cost(cost, 1)
@@ -99,16 +119,16 @@ cdef object _contain(object rules, object target, list items, Py_ssize_t max_nes
                 continue
             depth = item.depth
             holders = item.holders
-        if depth > deepest:
-            deepest = depth
-        if holders is not None:
-            holders.append(target)
-            live = True
+            if holders is not None:
+                _add_holder(item, holders, target)
+                live = True
+            if depth > deepest:
+                deepest = depth
     if type(target) is Box:
         box = <Box>target
         box.cost = _add_cost(box.cost, cost)
         if live and box.holders is None:
-            box.holders = []
+            box.holders = NO_HOLDERS
         if deepest < box.depth:
             return
         if not box.holders and deepest < max_nesting:
@@ -117,7 +137,7 @@ cdef object _contain(object rules, object target, list items, Py_ssize_t max_nes
     else:
         target.cost = _add_cost(target.cost, cost)
         if live and target.holders is None:
-            target.holders = []
+            target.holders = NO_HOLDERS
         if deepest < target.depth:
             return
         if not target.holders and deepest < max_nesting:

@@ -20,6 +20,7 @@ from .model import (
     Sized,
     known_hash,
 )
+from .nodes import NO_HOLDERS, add_holder, holders_of
 
 __all__ = ["WORK_PER_BYTE", "Accounts"]
 
@@ -85,12 +86,12 @@ class Accounts:
                     deepest = item.depth
                 holders = item.holders
                 if holders is not None:
-                    holders.append(target)
+                    add_holder(item, holders, target)
                     live = True
         if costs:
             target.cost = min(target.cost + cost, COST_CAP)
         if live and target.holders is None:
-            target.holders = []
+            target.holders = NO_HOLDERS
         if deepest >= target.depth:
             self.deepen(target, deepest + 1)
 
@@ -106,7 +107,7 @@ class Accounts:
         if not node.holders:
             return
         path = {id(node)}
-        walks = [(node, iter(node.holders))]
+        walks = [(node, iter(holders_of(node.holders)))]
         steps = 0
         while walks:
             child, holders = walks[-1]
@@ -118,7 +119,7 @@ class Accounts:
                     holder.depth = need
                     if holder.holders:
                         path.add(id(holder))
-                        walks.append((holder, iter(holder.holders)))
+                        walks.append((holder, iter(holders_of(holder.holders))))
                         break
             else:
                 walks.pop()

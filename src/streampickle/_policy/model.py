@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .allowlist import Pair, map_python2
+from .nodes import NO_HOLDERS
 from .nodes import Box as Box  # re-exported: the model's classes, with those below
 from .nodes import Sized as Sized
 
@@ -77,7 +78,7 @@ class Tuple(Sized):
         self.items = tuple(items) if len(items) <= ARGS_KEPT else None
         self.depth = 1
         self.cost = 1
-        self.holders: list[Any] | None = None
+        self.holders: Any = None
         #: CPython's hash of the tuple if the model knows its items' (`hash_value`), None if
         #: not. Most tuples are never keys: a flat one whose items are kept is hashed when
         #: first asked (`_NOT_YET`, a hash CPython never returns, until then); one holding
@@ -113,7 +114,7 @@ class Frozen(Sized):
         super().__init__(size)
         self.depth = 1
         self.cost = 1
-        self.holders: list[Any] | None = None
+        self.holders: Any = None
 
 
 class Opaque:
@@ -140,7 +141,7 @@ class Made(Opaque):
     def __init__(self) -> None:
         self.depth = 1
         self.cost = 1
-        self.holders: list[Any] | None = []
+        self.holders: Any = NO_HOLDERS
         self.built = False
 
 

@@ -9,7 +9,35 @@ import importlib
 import os
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Box", "Sized", "compiled"]
+__all__ = ["NO_HOLDERS", "Box", "Sized", "add_holder", "compiled", "holders_of"]
+
+# A model's ``holders``: the containers that hold it, for `Accounts.deepen` to walk up.
+#
+# * None: nothing it holds can deepen, so it never deepens again: holders are not kept;
+# * `NO_HOLDERS`: it can deepen, and nothing holds it (yet);
+# * the holder itself, where exactly one reference holds it (most containers: data is a tree);
+# * a list of its holders, once per reference, from the second.
+#
+# The one-holder case keeps no list: a list per container was a third of the model's memory
+# and of the objects the cyclic garbage collector visits.
+
+#: The ``holders`` of a model that can deepen and that nothing holds.
+NO_HOLDERS: tuple[()] = ()
+
+
+def add_holder(node: Any, holders: Any, holder: Any) -> None:
+    """*holder* holds *node* (whose ``holders`` is *holders*, not None) once more."""
+    if holders is NO_HOLDERS:
+        node.holders = holder
+    elif type(holders) is list:
+        holders.append(holder)
+    else:
+        node.holders = [holders, holder]
+
+
+def holders_of(holders: Any) -> Any:
+    """The holders that a model's ``holders`` field (not None) names, as a sequence."""
+    return holders if type(holders) is list else () if holders is NO_HOLDERS else (holders,)
 
 
 def compiled(name: str) -> Any:
@@ -41,8 +69,8 @@ if TYPE_CHECKING or _NODES is None:
         SETITEM(S) and ADDITEMS add to its size, seen through every reference to it.
 
         Like every model of an object that holds others (`NESTS`): ``depth`` counts the containers
-        nested in it, itself included; ``holders`` lists the containers that hold it, once per
-        reference (None once nothing it holds can deepen: it never deepens again); ``cost`` is
+        nested in it, itself included; ``holders`` names the containers that hold it (see
+        `add_holder`; None once nothing it holds can deepen: it never deepens again); ``cost`` is
         what hashing it, or a copy of it, visits. ``built`` is set by a BUILD on it."""
 
         __slots__ = ("built", "cost", "depth", "hashes", "holders")
@@ -51,7 +79,7 @@ if TYPE_CHECKING or _NODES is None:
             self.size = size  # as Sized.__init__, without the call: one of these per container
             self.depth = 1
             self.cost = 1
-            self.holders: list[Any] | None = []
+            self.holders: Any = NO_HOLDERS
             self.built = False
             #: The known hashes of its keys or members, and how many have each (`Accounts.hash`).
             self.hashes: dict[int, int] | None = None

@@ -10,7 +10,9 @@ restricted (the presets and the attacks' class, small limits) through
 ``loads``, and every fourth through ``aload`` too, over an anyio stream. The property: only
 ``UnpicklingError`` (or a subclass) and ``EOFError`` come out; any other exception, a crash or
 a hang (libFuzzer's ``-timeout``, 25 s by default) is a finding, and memory beyond
-``-rss_limit_mb`` (2048 by default) too.
+``-rss_limit_mb`` (2048 by default) too. Where the compiled accelerator is built, each input is
+also loaded on the pure-Python path (`streampickle._policy.reader.SCAN` set to None): the two
+must give the same object (pickled again, byte for byte) or the same error and message.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ with atheris.instrument_imports():
     from anyio.streams.buffered import BufferedByteReceiveStream
 
     import streampickle
+    from streampickle._policy import reader
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 import hostile  # the attacks of the attack tests, as seeds
@@ -52,6 +55,7 @@ LIMITS: dict[str, Any] = {
     "max_stack_depth": 2_000,
 }
 EXPECTED = (pickle.UnpicklingError, EOFError)
+ACCELERATED = reader.SCAN
 CORPUS = Path(__file__).with_name("corpus")
 SEEDS: list[Any] = [
     None, True, 1, -(2**70), 1.5, 1j, "text\u00e9", b"bytes", bytearray(b"ba"), (1, 2),
@@ -93,9 +97,26 @@ async def aload(data: bytes) -> Any:
         return await streampickle.aload(BufferedByteReceiveStream(receive), allow=POLICY, **LIMITS)
 
 
+def outcome(data: bytes, scan: Any) -> tuple[Any, ...]:
+    """What ``loads`` gives with *scan* as the accelerator (None: the pure-Python path)."""
+    reader.SCAN = scan
+    try:
+        obj = streampickle.loads(data, allow=POLICY, **LIMITS)
+    except EXPECTED as exc:
+        return ("error", type(exc).__name__, str(exc))
+    finally:
+        reader.SCAN = ACCELERATED
+    try:
+        return ("object", pickle.dumps(obj, 5))
+    except Exception as exc:  # an object pickle cannot write back (it loaded, which counts)
+        return ("loaded", type(obj).__name__, type(exc).__name__)
+
+
 def test_one_input(data: bytes) -> None:
-    with contextlib.suppress(*EXPECTED):
-        streampickle.loads(data, allow=POLICY, **LIMITS)
+    accelerated = outcome(data, ACCELERATED)
+    if ACCELERATED is not None:
+        pure = outcome(data, None)
+        assert accelerated == pure, f"the accelerator gives {accelerated!r}, pure Python {pure!r}"
     if data[:1] and data[0] % 4 == 0:
         with contextlib.suppress(*EXPECTED):
             anyio.run(aload, data)

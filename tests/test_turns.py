@@ -21,6 +21,8 @@ import pytest
 import streampickle
 from netutil import NeverWaits
 from streampickle import _turns
+from streampickle._policy import reader
+from streampickle._policy.model import Memo
 
 pytestmark = pytest.mark.anyio
 
@@ -181,6 +183,39 @@ async def test_a_restricted_load_lets_others_run_within_a_frame(anyio_backend: A
     beats = await beats_during(load, lambda: len(got))
     assert got == [records]
     assert len(data) < 3 * 65_536 and len(beats) >= 20
+
+
+@pytest.mark.usefixtures("checkpoint_every_frame")
+async def test_a_restricted_load_lets_others_run_while_its_model_is_freed(
+    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vetting pass's model of the memo (a model object per container) is freed after
+    the pickle's STOP a chunk at a time, with a turn offered after each
+    (`CheckedReader.release`): other tasks see it shrink, and the object comes back whole."""
+    memos: list[Memo] = []
+
+    class Watched(Memo):
+        __slots__ = ()
+
+        def __init__(self) -> None:
+            super().__init__()
+            memos.append(self)
+
+    monkeypatch.setattr(reader, "Memo", Watched)
+    monkeypatch.setattr(reader, "RELEASE_EVERY", 1_000)
+    records = [{"id": i, "name": f"row {i}"} for i in range(5_000)]  # ~10,000 memo entries
+    got: list[Any] = []
+
+    async def load() -> None:
+        got.append(await streampickle.aload(NeverWaits(pickle.dumps(records, 5)), allow=[]))
+
+    beats = await beats_during(load, lambda: len(memos[0].values) if memos else -1)
+    assert got == [records]
+    assert max(beats) > 9_000  # ~10,000 put (the last turn came a little before the STOP)
+    freed = beats[beats.index(max(beats)) :]
+    assert freed == sorted(freed, reverse=True)
+    assert len({size for size in freed if 0 < size < 9_000}) >= 6  # seen at 8,003, 7,003...
+    assert len(memos) == 1 and memos[0].values == []
 
 
 def test_a_sync_restricted_load_offers_its_file_no_turns() -> None:

@@ -120,6 +120,20 @@ class Unpickler(pickle.Unpickler):
         limits: Limits | None = getattr(self, "_byte_limits", None)
         return requests if limits is None else guard(requests, limits)
 
+    def _iter_load_once(self) -> Generator[Request, Any, Any]:
+        """`iter_load` of a restricted unpickler that loads one pickle (`iter_loads`): the
+        vetting pass's model is freed before the object is returned, with turns offered to
+        the driver on the way (`CheckedReader.release`)."""
+        restriction = self._restriction
+        assert restriction is not None
+
+        def load_once() -> Any:
+            obj = self._load()
+            restriction.reader.release()
+            return obj
+
+        return _cengine.iter_load(load_once, self._source)
+
     def _load(self) -> Any:
         restriction: Restriction | None = getattr(self, "_restriction", None)
         return super().load() if restriction is None else restriction.run(super().load)
@@ -265,7 +279,7 @@ def _restricted_loader(
             f"allow= needs a streampickle.Unpickler, but unpickler_class made a "
             f"{type(unpickler).__name__}"
         )
-    return unpickler.iter_load()
+    return unpickler._iter_load_once()
 
 
 def drive_load(requests: Generator[Request, Any, Any], file: Any) -> Any:

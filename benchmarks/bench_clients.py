@@ -17,7 +17,9 @@ process and a fresh clients process):
 Every client then waits for the server's byte. Measured: the time from the first connection to
 the last answer (the clients' process), the server's peak RSS over its RSS before the first
 connection (``VmHWM`` after resetting it, Linux), the server's longest event-loop stall (a 1 ms
-heartbeat's worst lateness) and the clients' process peak RSS increase. The server checks every
+heartbeat's worst lateness), the clients' process peak RSS increase, and the CPU time each
+process spent over the run (``time.process_time``: where the time goes, both ends sharing
+2 cores). The server checks every
 object against the one the client built; a damaged or missing one fails the run. Medians over
 ``--rounds`` with ranges.
 """
@@ -79,7 +81,7 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
     gc.collect()
     server = await asyncio.start_server(handle, HOST, 0, backlog=args.clients)
     reset_peak()
-    before = status_mib("VmRSS")
+    before, cpu = status_mib("VmRSS"), time.process_time()
     async with heartbeat() as beat:
         beat.reset()
         print(server.sockets[0].getsockname()[1], flush=True)
@@ -91,6 +93,7 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
         "server_rss_mib": status_mib("VmHWM") - before,
         "server_stall_ms": stall * 1000,
         "server_s": time.monotonic() - started[0],
+        "server_cpu_s": time.process_time() - cpu,
     }
 
 
@@ -117,10 +120,11 @@ async def run_clients(args: argparse.Namespace) -> dict[str, Any]:
         writer.close()
         await writer.wait_closed()
 
-    start = time.monotonic()
+    start, cpu = time.monotonic(), time.process_time()
     await asyncio.gather(*(client(obj) for obj in objects))
     return {
         "seconds": time.monotonic() - start,
+        "clients_cpu_s": time.process_time() - cpu,
         "clients_rss_mib": status_mib("VmHWM") - before,
         "pickle_kb": len(pickle.dumps(objects[0], 5)) / 1000,
     }
@@ -142,6 +146,8 @@ COLUMNS = (
     ("time (s)", "seconds", "{:.2f}"),
     ("server peak +MiB", "server_rss_mib", "{:.0f}"),
     ("server longest stall (ms)", "server_stall_ms", "{:.0f}"),
+    ("server CPU (s)", "server_cpu_s", "{:.2f}"),
+    ("clients CPU (s)", "clients_cpu_s", "{:.2f}"),
     ("clients peak +MiB", "clients_rss_mib", "{:.0f}"),
 )
 

@@ -124,25 +124,23 @@ cdef object _contain(object rules, object target, list items, Py_ssize_t max_nes
                 live = True
             if depth > deepest:
                 deepest = depth
-    if type(target) is Box:
+    if type(target) is Box:  # its holders are never None: a container can always deepen
         box = <Box>target
         box.cost = _add_cost(box.cost, cost)
-        if live and box.holders is None:
-            box.holders = NO_HOLDERS
-        if deepest < box.depth:
-            return
-        if not box.holders and deepest < max_nesting:
-            box.depth = deepest + 1  # all that `Accounts.deepen` does then
-            return
+        depth, holders = box.depth, box.holders
     else:
         target.cost = _add_cost(target.cost, cost)
         if live and target.holders is None:
             target.holders = NO_HOLDERS
-        if deepest < target.depth:
-            return
-        if not target.holders and deepest < max_nesting:
+        depth, holders = target.depth, target.holders
+    if deepest < depth:
+        return
+    if not holders and deepest < max_nesting:  # all that `Accounts.deepen` does then:
+        if type(target) is Box:
+            box.depth = deepest + 1
+        else:
             target.depth = deepest + 1
-            return
+        return
     rules.end = end  # `Accounts.charge_work` sizes the work by the bytes received
     rules.deepen(target, deepest + 1)
 

@@ -99,13 +99,12 @@ cdef object _contain(object rules, object target, list items, Py_ssize_t max_nes
             box = <Box>item
             cost = _add_cost(cost, box.cost)
             depth = box.depth
-            holders = box.holders
+            holders = box.holders  # never None: a container can always deepen
             if holders is NO_HOLDERS:
                 box.holders = target  # its one holder (`nodes.add_holder`)
-                live = True
-            elif holders is not None:
+            else:
                 _add_holder(item, holders, target)
-                live = True
+            live = True
             if depth > deepest:
                 deepest = depth
             continue
@@ -124,7 +123,7 @@ cdef object _contain(object rules, object target, list items, Py_ssize_t max_nes
                 live = True
             if depth > deepest:
                 deepest = depth
-    if type(target) is Box:  # its holders are never None: a container can always deepen
+    if type(target) is Box:
         box = <Box>target
         box.cost = _add_cost(box.cost, cost)
         depth, holders = box.depth, box.holders

@@ -8,13 +8,15 @@ the ``no_leaked_greenlets`` fixture (conftest.py) wraps a test in a `GreenletLed
 from __future__ import annotations
 
 import gc
+from types import CodeType, FrameType
 
 import greenlet
 
 
-def live_greenlets() -> int:
+def live_greenlets(inside: CodeType | None = None) -> int:
     """Greenlets started and not finished, each thread's main greenlet (``parent is None``)
-    excluded. Collects garbage first, so only greenlets something still references count."""
+    excluded. Collects garbage first, so only greenlets something still references count.
+    *inside*: only those suspended with a frame of that code on their stack."""
     gc.collect()
     return sum(
         1
@@ -25,7 +27,25 @@ def live_greenlets() -> int:
         and o.parent is not None
         and bool(o)
         and not getattr(o, "idle", False)
+        and (inside is None or _runs(o, inside))
     )
+
+
+def _runs(worker: greenlet.greenlet, code: CodeType) -> bool:
+    """True if *worker*'s stack holds a frame of *code*."""
+    frame: FrameType | None = worker.gr_frame
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _dumping_code() -> CodeType:
+    """The code a pickler's greenlet suspends in, at each write (`_cengine._yield_write`)."""
+    from streampickle import _cengine
+
+    return _cengine._yield_write.__code__
 
 
 def freeze_the_collected() -> None:
@@ -55,6 +75,11 @@ class GreenletLedger:
 
     def live(self) -> int:
         return live_greenlets()
+
+    def dumping(self) -> int:
+        """The live greenlets suspended inside a pickler's write: a sender's, never a
+        receiver's (whose count depends on how far its bytes have arrived)."""
+        return live_greenlets(_dumping_code())
 
     def leaked(self) -> int:
         """How many more greenlets are live now than at the start (negative: fewer)."""

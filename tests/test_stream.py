@@ -131,17 +131,44 @@ async def test_cancel_receive_before_and_inside_object(anyio_backend: Any) -> No
         await left.send("after")
         assert await right.receive() == "after"
 
-        data = pickle.dumps(list(range(50_000)), 5)
+        data = pickle.dumps(list(range(200_000)), 5)  # larger than a small pickle
+        assert len(data) > streampickle._load.WHOLE_MAX
         await left.transport_stream.send(data[: len(data) // 2])
         await cancel_inside_object(right)
         with pytest.raises(anyio.BrokenResourceError, match="inside an object"):
             await right.receive()
 
 
+async def test_cancel_while_a_small_pickle_is_arriving_keeps_the_stream(
+    anyio_backend: Any,
+) -> None:
+    """A small framed pickle (several frames, within `WHOLE_MAX`) is received whole before
+    its unpickler starts: a receive cancelled while it arrives has consumed nothing, so the
+    stream stays usable and the next receive returns that object, then the next."""
+    obj = list(range(50_000))
+    data = pickle.dumps(obj, 5)
+    assert 2 * (1 << 16) < len(data) <= streampickle._load.WHOLE_MAX
+    async with stream_pair() as (left, right):
+        await left.transport_stream.send(data[: len(data) // 2])
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(right.receive)
+                await anyio.wait_all_tasks_blocked()
+                await anyio.sleep(0.05)  # the first half has arrived
+                await anyio.wait_all_tasks_blocked()
+                scope.cancel()
+        await left.transport_stream.send(data[len(data) // 2 :])
+        await left.send("next")
+        with anyio.fail_after(10):
+            assert await right.receive() == obj
+            assert await right.receive() == "next"
+
+
 async def cancel_inside_object(stream: PickleStream) -> None:
     """Start a ``receive`` of *stream* and cancel it once it has read part of a pickle (the
-    sender sent part of one). Waiting only for all tasks to block is not enough: a receive may
-    block before the first bytes reach the transport."""
+    sender sent part of one, larger than `streampickle._load.WHOLE_MAX`: a smaller one is
+    received whole before any of it is read). Waiting only for all tasks to block is not
+    enough: a receive may block before the first bytes reach the transport."""
     inside = anyio.Event()
     with anyio.CancelScope() as scope:
         async with anyio.create_task_group() as group:
@@ -174,7 +201,7 @@ async def test_streams_over_one_transport_share_its_turns_and_brokenness(
         await left.send("second")
         assert got == ["first"] and await other_right.receive() == "second"
 
-        data = pickle.dumps(list(range(50_000)), 5)
+        data = pickle.dumps(list(range(200_000)), 5)  # larger than a small pickle
         await left.transport_stream.send(data[: len(data) // 2])
         await cancel_inside_object(other_right)
         for broken in (right.receive(), streampickle.aload(right.transport_stream)):

@@ -74,7 +74,9 @@ class PickleStream(ObjectStream[Any]):
     went out leaves a partial pickle on the wire: the stream is then broken for sending (later
     sends raise ``BrokenResourceError``) and the peer gets an error when the stream ends, never
     a wrong object. A receive that fails or is cancelled after consuming a byte breaks it for
-    receiving likewise; one cancelled before that leaves it intact. ``aclose`` closes the
+    receiving likewise; one cancelled before that leaves it intact, and so does one cancelled
+    while a small framed pickle arrives (up to ``_load.WHOLE_MAX``, 256 KiB: it is received
+    whole before its unpickler consumes a byte). ``aclose`` closes the
     transport; afterwards ``send``/``receive`` raise ``anyio.ClosedResourceError``.
 
     Untrusted peers: with *allow* (an `Allowlist` or pairs) every object is loaded restricted,

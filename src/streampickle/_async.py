@@ -290,7 +290,7 @@ async def _load_one(
     (`aiter_load`), so even a framed pickle may be read ahead."""
     loader.preload(held.take_leftover())
     try:
-        obj = await loader.load(options.requests(), progress, guarded=options.guarded, owned=owned)
+        obj = await loader.load(options.for_load(), progress, guarded=options.guarded, owned=owned)
     except pickle.UnpicklingError as error:
         explained = loader.explain(error)
         if explained is error:

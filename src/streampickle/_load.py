@@ -17,7 +17,7 @@ surplus handed to the caller (`give_back`), which keeps it for the stream's next
 from __future__ import annotations
 
 import pickle
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from . import _collector
@@ -86,7 +86,7 @@ class Loader:
 
     async def load(
         self,
-        requests: Generator[Request, Any, Any],
+        requests: Generator[Request, Any, Any] | Callable[[], Generator[Request, Any, Any]],
         progress: Progress | None = None,
         *,
         guarded: bool = False,
@@ -97,6 +97,10 @@ class Loader:
         *requests* come from a loader whose limits are checked on its side of the requests
         (`streampickle._limits.guard`, or a restricted loader's vetting reader): this driver
         only reads what it is asked for, and a bounded line when a `ReadLine` has a limit.
+        Given instead the function that makes them (the engine's own loader: no guard, no
+        allowlist), it first receives a small framed pickle whole (`_read_frames`), where
+        it reads ahead, and makes the loader then: a stream still waiting for its bytes
+        holds no unpickler, a pickle that has arrived is unpickled without a wait.
 
         Reading ahead: on a source that can take bytes back, always. On the others, a framed
         pickle (PROTO 4 or 5: the unpickler reads whole frames) is read exactly, so nothing
@@ -125,6 +129,11 @@ class Loader:
         self._choose_mode()
         reply: Any = None
         self._unyielded = 0  # bytes handed on since the load last let other tasks run
+        whole = 0  # the length of a small pickle received whole (0: none)
+        if callable(requests):
+            if self._ahead:
+                whole = await self._read_frames()
+            requests = requests()
         answer_from = getattr(requests, "answer_from", None)
         if answer_from is not None:  # the engine's own requests (no guard between)
             answer_from(self._answer_here)
@@ -132,8 +141,9 @@ class Loader:
         turns: Turns | None = None  # made at the first decision point: small pickles need none
         handed = 0  # bytes handed to the unpickler, counted up to _collector.SMALL
         try:
-            if answer_from is not None and self._ahead:
-                await self._read_frames()
+            # A small pickle, whole: its unpickler runs through without a turn (no half-built
+            # object waits for one), as a naive server's pickle.loads does.
+            self._unyielded = -whole
             while True:
                 if pausing:  # each run of the unpickler is a segment (see _collector)
                     paused = _collector.pause()
@@ -326,8 +336,9 @@ class Loader:
         length = int.from_bytes(buffer[start + head + 1 : start + head + 9], "little")
         return head + 9 + length if length <= PEEK_FRAME_MAX else 0
 
-    async def _read_frames(self) -> None:
-        """Receive the frames of a small framed pickle before its unpickler starts.
+    async def _read_frames(self) -> int:
+        """Receive the frames of a small framed pickle before its unpickler starts; return
+        its length if they end with STOP (0: not known whole).
 
         Walks the buffered frames from the pickle's start (PROTO 4 or 5, then FRAME), waiting
         for the rest of each frame whose header is buffered: those bytes are the pickle's
@@ -335,26 +346,28 @@ class Loader:
         not have. It stops at a frame ending with STOP, at a header not yet received, at
         anything but FRAME, or past `WHOLE_MAX`. A small pickle is then whole in the buffer
         and its unpickler runs start to end without waiting: no suspended worker per stream
-        for a server with many clients sending at once.
+        for a server with many clients sending at once. (A frame may end with a STOP byte
+        that is an argument's, ``K.`` say: the unpickler then waits for the rest as usual.)
         """
         offset = 2  # to the next frame's header, from the buffer's position
         if not self.buffered and not await self._fill():  # the unpickler's first wait
-            return
+            return 0
         if bytes(self._buffer[self._pos : self._pos + 2]) not in _FRAMED_STARTS:
-            return
+            return 0
         while self.buffered >= offset + 9:
             start = self._pos + offset
             if self._buffer[start] != FRAME:
-                return
+                return 0
             end = offset + 9 + int.from_bytes(self._buffer[start + 1 : start + 9], "little")
             if end > WHOLE_MAX:
-                return
+                return 0
             while self.buffered < end:
                 if not await self._fill():
-                    return
+                    return 0
             if self._buffer[self._pos + end - 1] == _STOP:
-                return
+                return end
             offset = end
+        return 0
 
     def _answer_peek(self, size: int, whole_frame: bool) -> bytes:
         """The next *size* buffered bytes, unconsumed; kept (`_peeked`) for the read that

@@ -289,7 +289,7 @@ class PickleStream(ObjectStream[Any]):
                     loader.restart(leftover)
                 try:
                     options = self._options
-                    return await loader.load(options.requests(), progress, guarded=options.guarded)
+                    return await loader.load(options.for_load(), progress, guarded=options.guarded)
                 except BaseException as exc:
                     self._receive_broken = loader.consumed > 0
                     if isinstance(exc, (EOFError, pickle.UnpicklingError)) and loader.eof:

@@ -327,6 +327,16 @@ class LoadOptions:
         """Whether `requests` pass through the byte guard (a trusted load given limits)."""
         return self.allow is None and self.limits is not None
 
+    @property
+    def plain(self) -> bool:
+        """Whether `requests` are the engine's own (a trusted load without limits)."""
+        return self.allow is None and self.limits is None
+
+    def for_load(self) -> Generator[Request, Any, Any] | Callable[[], Generator[Request, Any, Any]]:
+        """What `streampickle._load.Loader.load` takes: `requests` itself when they are
+        `plain` (made once a small pickle has arrived whole), else a fresh loader now."""
+        return self.requests if self.plain else self.requests()
+
     def requests(self) -> Generator[Request, Any, Any]:
         """A fresh incremental loader for one pickle, within `limits`: restricted by `allow` if
         given (its vetting reader checks every limit), else with the byte limits (if any)

@@ -8,6 +8,7 @@ depends on this machine's speed: *frozen* (the driver never runs long enough) or
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 import pickle
@@ -229,3 +230,121 @@ def test_a_sync_restricted_load_offers_its_file_no_turns() -> None:
 
     records = [{"id": i, "name": f"row {i}"} for i in range(5_000)]
     assert streampickle.load(NoEmptyReads(pickle.dumps(records, 5)), allow=[]) == records
+
+
+# -- Turnstile: PickleStream's sends and receives, one task at a time -------------------------
+
+
+async def test_a_turnstile_lets_tasks_through_one_at_a_time_in_arrival_order(
+    anyio_backend: Any,
+) -> None:
+    turnstile = _turns.Turnstile()
+    inside: list[str] = []
+    order: list[str] = []
+
+    async def through(name: str) -> None:
+        async with turnstile:
+            inside.append(name)
+            assert inside == [name]  # nobody else inside
+            order.append(name)
+            await anyio.sleep(0.01)
+            inside.remove(name)
+
+    async with anyio.create_task_group() as group:
+        for name in "abcd":
+            group.start_soon(through, name)
+            await anyio.wait_all_tasks_blocked()  # each queued before the next starts
+    assert order == list("abcd")
+    async with turnstile:  # free again, taken without waiting
+        pass
+
+
+async def test_a_free_turnstile_takes_no_event_loop_pass(anyio_backend: Any) -> None:
+    """As ``anyio.Lock(fast_acquire=True)``: another task ready to run does not run."""
+    turnstile = _turns.Turnstile()
+    ran: list[bool] = []
+
+    async def other() -> None:
+        ran.append(True)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(other)
+        async with turnstile:
+            assert ran == []
+    assert ran == [True]
+
+
+async def test_a_cancelled_waiter_leaves_the_queue(anyio_backend: Any) -> None:
+    turnstile = _turns.Turnstile()
+    order: list[str] = []
+
+    async def through(name: str, scope: anyio.CancelScope) -> None:
+        with scope:
+            async with turnstile:
+                order.append(name)
+
+    first, second = anyio.CancelScope(), anyio.CancelScope()
+    with anyio.fail_after(5):  # a turn lost would leave the second waiting for good
+        async with anyio.create_task_group() as group, turnstile:
+            group.start_soon(through, "first", first)
+            group.start_soon(through, "second", second)
+            await anyio.wait_all_tasks_blocked()
+            first.cancel()  # while it waits in the queue
+            await anyio.wait_all_tasks_blocked()
+    assert order == ["second"] and first.cancelled_caught
+
+
+async def test_a_waiter_cancelled_as_it_is_handed_the_turn_passes_it_on(
+    anyio_backend: Any,
+) -> None:
+    """The holder leaves and, in the same step, the first waiter is cancelled: the turn goes
+    on to the next waiter, and the turnstile ends free. (anyio delivers a scope's
+    cancellation once the woken waiter is inside, at its next checkpoint; asyncio's own
+    ``Task.cancel``, as from ``asyncio.timeout``, lands in the wait itself: see the next
+    test.)"""
+    turnstile = _turns.Turnstile()
+    order: list[str] = []
+
+    async def through(name: str, scope: anyio.CancelScope) -> None:
+        with scope:
+            async with turnstile:
+                await anyio.lowlevel.checkpoint()
+                order.append(name)
+
+    first, second = anyio.CancelScope(), anyio.CancelScope()
+    with anyio.fail_after(5):  # a turn lost would leave the second waiting for good
+        async with anyio.create_task_group() as group:
+            await turnstile.__aenter__()
+            group.start_soon(through, "first", first)
+            group.start_soon(through, "second", second)
+            await anyio.wait_all_tasks_blocked()
+            await turnstile.__aexit__(None, None, None)
+            first.cancel()
+    assert order == ["second"] and first.cancelled_caught
+    with anyio.fail_after(1):
+        async with turnstile:
+            pass
+
+
+@pytest.mark.backends("asyncio", "uvloop")
+async def test_an_asyncio_waiter_cancelled_in_its_wait_as_it_is_handed_the_turn_passes_it_on(
+    anyio_backend: Any,
+) -> None:
+    turnstile = _turns.Turnstile()
+    order: list[str] = []
+
+    async def through(name: str) -> None:
+        async with turnstile:
+            order.append(name)
+
+    await turnstile.__aenter__()
+    first = asyncio.ensure_future(through("first"))
+    second = asyncio.ensure_future(through("second"))
+    await anyio.wait_all_tasks_blocked()
+    await turnstile.__aexit__(None, None, None)  # hands the turn to the first...
+    first.cancel()  # ...whose wait then raises CancelledError
+    with anyio.fail_after(5):  # a turn lost would leave the second waiting for good
+        await second
+    assert order == ["second"] and first.cancelled()
+    async with turnstile:
+        pass

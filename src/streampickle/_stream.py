@@ -27,7 +27,7 @@ from ._ownership import hold
 from ._pickler import Engine, check_engine, iter_dumps
 from ._policy import AllowSpec
 from ._sansio import Chunk, Progress
-from ._turns import Turns
+from ._turns import Turns, Turnstile
 from ._unpickler import LoadOptions
 
 if TYPE_CHECKING:
@@ -122,11 +122,12 @@ class PickleStream(ObjectStream[Any]):
         # shared with every other PickleStream and aload/adump of them (_ownership).
         self._reads = hold(underlying(transport_stream, "aload"), "aload")
         self._writes = underlying(transport_stream, "adump")
-        # Uncontended, a lock takes no event-loop pass (anyio's default does one per acquire:
-        # two per object). Receives give the loop a turn when one is due instead, as loads
-        # and dumps do (`streampickle._turns`; always on trio), and sends in write_chunks.
-        self._send_lock = anyio.Lock(fast_acquire=True)
-        self._receive_lock = anyio.Lock(fast_acquire=True)
+        # Uncontended, a turnstile takes no event-loop pass (anyio's default lock does one
+        # per acquire: two per object). Receives give the loop a turn when one is due
+        # instead, as loads and dumps do (`streampickle._turns`; always on trio), and sends
+        # in write_chunks.
+        self._send_lock = Turnstile()
+        self._receive_lock = Turnstile()
         self._turns: Turns | None = None  # made by the first receive, in its event loop
         self._partial = False  # the current send has handed a chunk to the transport
         self._send_broken = False

@@ -134,6 +134,45 @@ async def test_aload_after_a_cancelled_aload_is_refused(anyio_backend: Any) -> N
             await streampickle.aload(server)
 
 
+@pytest.mark.backends("asyncio", "uvloop")
+async def test_aload_cancelled_while_a_small_pickle_arrives_leaves_the_reader_usable(
+    anyio_backend: Any,
+) -> None:
+    """A small framed pickle (several frames, within `WHOLE_MAX`) is received whole before its
+    unpickler starts: an aload cancelled while it arrives gives the bytes it read back to
+    the StreamReader, and the next aload returns that object, then the next one."""
+    obj = list(range(50_000))
+    data = pickle.dumps(obj, 5)
+    assert 2 * (1 << 16) < len(data) <= streampickle._load.WHOLE_MAX
+    readers: list[asyncio.StreamReader] = []
+    peers: list[asyncio.StreamWriter] = []
+    arrived = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        readers.append(reader)
+        peers.append(writer)
+        arrived.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data[: len(data) // 2])
+        await writer.drain()
+        await arrived.wait()
+        with anyio.move_on_after(0.3) as scope:
+            await streampickle.aload(readers[0])  # waits for the rest
+        assert scope.cancelled_caught
+        writer.write(data[len(data) // 2 :] + pickle.dumps("next", 5))
+        await writer.drain()
+        with anyio.fail_after(HANG_GUARD):
+            assert await streampickle.aload(readers[0]) == obj
+            assert await streampickle.aload(readers[0]) == "next"
+        for each in [writer, *peers]:
+            each.transport.abort()
+        await asyncio.sleep(0)
+
+
 async def test_aload_after_a_refused_pickle_is_refused(anyio_backend: Any) -> None:
     data = pickle.dumps(io.StringIO, 5) + pickle.dumps("next", 5)
     async with tcp_pair() as (client, server):

@@ -287,7 +287,11 @@ async def _load_one(
     """One object from *loader*, starting with what the last load of the stream read past
     its pickle and keeping what this one reads past its own; *held* learns whether a failed
     load left the stream inside its pickle. *owned*: the caller reads the stream to its end
-    (`aiter_load`), so even a framed pickle may be read ahead."""
+    (`aiter_load`), so even a framed pickle may be read ahead.
+
+    A load that stops before its unpickler consumed a byte (cancelled while a small pickle
+    arrives: `Loader.load` receives it whole first) gives what it read back to the stream,
+    which stays usable: the next load starts at that pickle's first byte."""
     loader.preload(held.take_leftover())
     try:
         obj = await loader.load(options.for_load(), progress, guarded=options.guarded, owned=owned)
@@ -296,6 +300,11 @@ async def _load_one(
         if explained is error:
             raise
         raise explained from error
+    except BaseException:
+        if loader.consumed == 0 and loader.buffered:
+            with anyio.CancelScope(shield=True):  # no I/O: back into a buffer
+                held.keep_leftover(await loader.give_back())
+        raise
     finally:
         held.started = loader.consumed > 0 or loader.buffered > 0
         held.moved = loader.consumed

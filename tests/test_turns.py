@@ -215,7 +215,10 @@ async def test_a_restricted_load_lets_others_run_while_its_model_is_freed(
     assert max(beats) > 9_000  # ~10,000 put (the last turn came a little before the STOP)
     freed = beats[beats.index(max(beats)) :]
     assert freed == sorted(freed, reverse=True)
-    assert len({size for size in freed if 0 < size < 9_000}) >= 6  # seen at 8,003, 7,003...
+    # Freed in chunks of 1,000 with a turn after each: 9 sizes between. trio runs the tasks of
+    # a batch in random order, so the watcher may miss some (it ran before the loader in one
+    # batch and after it in the next); all at once, it would see none.
+    assert len({size for size in freed if 0 < size < 9_000}) >= 3  # seen at 8,003, 7,003...
     assert len(memos) == 1 and memos[0].values == []
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 import streampickle
 from netutil import HANG_GUARD, tcp_pair
@@ -157,20 +158,43 @@ async def test_aload_cancelled_while_a_small_pickle_arrives_leaves_the_reader_us
     async with server:
         port = server.sockets[0].getsockname()[1]
         _, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(data[: len(data) // 2])
-        await writer.drain()
-        await arrived.wait()
+        try:
+            writer.write(data[: len(data) // 2])
+            await writer.drain()
+            await arrived.wait()
+            with anyio.move_on_after(0.3) as scope:
+                await streampickle.aload(readers[0])  # waits for the rest
+            assert scope.cancelled_caught
+            writer.write(data[len(data) // 2 :] + pickle.dumps("next", 5))
+            await writer.drain()
+            with anyio.fail_after(HANG_GUARD):
+                assert await streampickle.aload(readers[0]) == obj
+                assert await streampickle.aload(readers[0]) == "next"
+        finally:
+            for each in [writer, *peers]:
+                each.transport.abort()
+            await asyncio.sleep(0)
+
+
+async def test_aload_cancelled_while_a_small_pickle_arrives_on_a_buffered_stream(
+    anyio_backend: Any,
+) -> None:
+    """The same on every backend, with an anyio ``BufferedByteReceiveStream`` (it takes bytes
+    back): the next aload returns the object. An exact-read stream (a bare socket) is refused
+    instead (`test_aload_after_a_cancelled_aload_is_refused`): never a wrong object."""
+    obj = list(range(50_000))
+    data = pickle.dumps(obj, 5)
+    assert 2 * (1 << 16) < len(data) <= streampickle._load.WHOLE_MAX
+    async with tcp_pair() as (client, server):
+        buffered = BufferedByteReceiveStream(server)
+        await client.send(data[: len(data) // 2])
         with anyio.move_on_after(0.3) as scope:
-            await streampickle.aload(readers[0])  # waits for the rest
+            await streampickle.aload(buffered)  # waits for the rest
         assert scope.cancelled_caught
-        writer.write(data[len(data) // 2 :] + pickle.dumps("next", 5))
-        await writer.drain()
+        await client.send(data[len(data) // 2 :] + pickle.dumps("next", 5))
         with anyio.fail_after(HANG_GUARD):
-            assert await streampickle.aload(readers[0]) == obj
-            assert await streampickle.aload(readers[0]) == "next"
-        for each in [writer, *peers]:
-            each.transport.abort()
-        await asyncio.sleep(0)
+            assert await streampickle.aload(buffered) == obj
+            assert await streampickle.aload(buffered) == "next"
 
 
 async def test_aload_after_a_refused_pickle_is_refused(anyio_backend: Any) -> None:

@@ -27,7 +27,6 @@ cdef object Long = _model.Long
 cdef object MISSING = _model.MISSING
 cdef object NO_HOLDERS = _model.NO_HOLDERS
 cdef object EMPTY_TUPLE = _model.EMPTY_TUPLE
-cdef object KEPT_STRINGS = _model.KEPT_STRINGS
 cdef object COSTED = _model.COSTED
 cdef tuple SIZES = _model._SIZES
 cdef Py_ssize_t COST_CAP = _model.COST_CAP
@@ -203,6 +202,7 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
     cdef list stack = rules.stack
     cdef list marks = rules.marks
     cdef object memo = rules.memo
+    cdef object kept = rules.kept
     cdef list values = memo.values
     cdef object limits = rules.limits
     cdef Py_ssize_t opcodes = rules.opcodes
@@ -261,7 +261,7 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                     text = PyUnicode_DecodeUTF8(<const char*>data + index, length, "surrogatepass")
                 except UnicodeDecodeError:
                     break
-                if text in KEPT_STRINGS:
+                if text in kept:
                     stack.append(text)
                 else:
                     stack.append(_sized(len(text)))

@@ -12,11 +12,12 @@ from .model import (
     ANY,
     COST_CAP,
     COSTED,
-    FOREIGN,
     Box,
+    Foreign,
     Long,
     Made,
     ModelledCallable,
+    Shared,
     Sized,
     known_hash,
 )
@@ -49,6 +50,14 @@ class Accounts:
         holds (a `Box` or `Made`; on anything else the unpickler fails by itself)."""
         kind = type(target)
         if kind is Box or isinstance(target, Made):
+            if kind is Shared:
+                self._refuse(
+                    f"{name} at position {start} changes the result of a call that may hand "
+                    "back an object that existed before the load (an Enum member, a "
+                    "singleton, what an allowed function or a call's result returned): it "
+                    "would change that object for the whole process",
+                    start,
+                )
             if target.built:
                 self._refuse(
                     f"{name} at position {start} changes an object after a BUILD set its "
@@ -58,7 +67,7 @@ class Accounts:
                     start,
                 )
             return True
-        if target is FOREIGN or kind is ModelledCallable:
+        if kind is Foreign or kind is ModelledCallable:
             self._refuse(
                 f"{name} at position {start} applies to a global (a class, function or "
                 "module-level object): it would change it for the whole process",

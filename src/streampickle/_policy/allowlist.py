@@ -22,6 +22,7 @@ __all__ = [
     "as_allowlist",
     "is_dangerous",
     "map_python2",
+    "may_share",
 ]
 
 Pair = tuple[str, str]
@@ -100,7 +101,7 @@ class Allowlist:
     pair that is not two non-empty strings.
     """
 
-    __slots__ = ("_dangerous_ok", "_pairs")
+    __slots__ = ("_dangerous_ok", "_pairs", "_shares")
 
     def __init__(self, pairs: Iterable[Pair] = (), *, allow_dangerous: bool = False) -> None:
         checked = frozenset(_check_pair(pair) for pair in pairs)
@@ -114,6 +115,7 @@ class Allowlist:
                     )
         self._pairs = checked
         self._dangerous_ok = allow_dangerous
+        self._shares: dict[Pair, bool] = {}  # `shares`' answers, per pair judged
 
     @property
     def allow_dangerous(self) -> bool:
@@ -177,6 +179,11 @@ class Allowlist:
                 ),
             )
         sys.audit("pickle.find_class", module, name)
+        return self._resolve(module, name)
+
+    def _resolve(self, module: str, name: str) -> Any:
+        """Import *module* and look up *name* in it, refusing a module or a dangerous alias
+        (`find_class`, for a listed pair)."""
         __import__(module, level=0)
         obj: Any = sys.modules[module]
         for part in name.split("."):
@@ -194,6 +201,41 @@ class Allowlist:
                 module, name, f"is an alias of {canonical[0]}.{canonical[1]}, a dangerous name"
             )
         return obj
+
+    def shares(self, module: str, name: str, *, fix_imports: bool = True) -> bool:
+        """Whether a call of the allowed global ``module.name`` (as REDUCE, NEWOBJ, INST or
+        OBJ make it) may return an object that existed before the call, which a BUILD,
+        APPEND or SETITEM on the result would change for the whole process (see
+        `may_share`). False for a pair the allowlist refuses (`find_class` then refuses it
+        when the unpickler meets it) or that does not resolve. The answer is kept per pair.
+        """
+        pair = map_python2(module, name, fix_imports)
+        known = self._shares.get(pair)
+        if known is None:
+            try:
+                known = pair in self._pairs and may_share(self._resolve(*pair))
+            except Exception:  # ImportError, AttributeError, ForbiddenGlobal: find_class's
+                known = False
+            self._shares[pair] = known
+        return known
+
+
+def may_share(obj: Any) -> bool:
+    """Whether calling *obj* may return an object that existed before the call.
+
+    A class makes a new object when it is called, and when the unpickler calls its
+    ``__new__``, if its metaclass does not override ``__call__`` and its ``__new__`` is a C
+    type's (``object.__new__``, a builtin type's): an ``Enum`` (its metaclass hands back
+    members), a singleton made by a metaclass or by a ``__new__`` written in Python, may hand
+    back one it made before. Any other callable (a function, a method) returns what it likes.
+    C types whose ``__new__`` hands back a cached object (``tuple()``, small ints,
+    ``timezone(timedelta(0))``) make objects that a BUILD, APPEND or SETITEM cannot change.
+    """
+    if not isinstance(obj, type):
+        return True
+    if type(obj).__call__ is not type.__call__:
+        return True
+    return not isinstance(obj.__new__, types.BuiltinFunctionType)
 
 
 def _check_pair(pair: Any) -> Pair:

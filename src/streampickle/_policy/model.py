@@ -145,6 +145,26 @@ class Made(Opaque):
         self.built = False
 
 
+class Shared(Made):
+    """The result of a call that may hand back an object that existed before it (`Foreign`
+    with ``shares``, a call of a call's result): BUILD, APPEND(S), SETITEM(S) and ADDITEMS on
+    it are refused, for they would change that object for the whole process."""
+
+    __slots__ = ()
+    what = "an object that a call may have handed back from before the load"
+
+
+class Foreign(Opaque):
+    """A global not in `CALLABLES`: the allowlist lets it through, and calls of it are
+    trusted. *shares*: a call of it may return an existing object (`Allowlist.shares`)."""
+
+    __slots__ = ("shares",)
+
+    def __init__(self, shares: bool) -> None:
+        super().__init__("a global")
+        self.shares = shares
+
+
 class NumpyDtype(Made):
     """A ``numpy.dtype`` that the model let a call make: a number or boolean type, whose
     BUILD state must be that of a plain number type (`Rules` checks it)."""
@@ -235,8 +255,12 @@ COST_CAP = 1 << 62
 #: A persistent ID or an out-of-band buffer's object: what `persistent_load` or ``buffers=``
 #: return, which the pickle did not build.
 ANY = Opaque("an object the pickle names but did not build (a persistent ID or a buffer)")
-#: A global that is not in `CALLABLES`: the allowlist lets it through, calls of it are trusted.
-FOREIGN = Opaque("a global")
+#: A global that is not in `CALLABLES` and whose calls make new objects (or that the allowlist
+#: refuses: the unpickler fails on it).
+FOREIGN = Foreign(shares=False)
+#: A global whose calls may hand back existing objects (an Enum, a singleton, a function),
+#: or one the model cannot name (STACK_GLOBAL of strings a call made).
+SHARING = Foreign(shares=True)
 #: A memo entry that was never put (the unpickler will fail on it).
 MISSING = Opaque("a missing memo entry")
 #: Literal ints are modelled below this magnitude (a longer one is a `Long`: not kept, and a
@@ -424,6 +448,8 @@ def _numpy_dtype(args: tuple[Any, ...]) -> tuple[int, Any]:
         )
     if len(args) > 3 or not all(type(arg) is bool for arg in args[1:]):
         raise Refused("arguments other than (spec, align, copy)")
+    if len(args) < 3 or args[2] is not True:  # numpy hands back its own descriptor
+        return 0, Shared()
     return 0, NumpyDtype()
 
 

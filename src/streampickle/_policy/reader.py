@@ -17,7 +17,7 @@ from .._sansio import PIECE_SIZE
 from .allowlist import Allowlist, Pair, as_allowlist
 from .model import Memo
 from .nodes import compiled
-from .rules import Rules
+from .rules import Globals, Rules
 
 __all__ = ["CheckedReader", "Restriction"]
 
@@ -197,7 +197,9 @@ class CheckedReader:
     here until the unpickler has copied it.
     """
 
-    def __init__(self, inner: _Readable, limits: Limits | None = None) -> None:
+    def __init__(
+        self, inner: _Readable, limits: Limits | None = None, globals: Globals | None = None
+    ) -> None:
         #: Raw bytes read, not yet handed on, and a deferred payload last, if any.
         self._pending: deque[bytes | _Deferred] = deque()
         self._head = 0  # offset already handed on in _pending[0]
@@ -213,7 +215,8 @@ class CheckedReader:
         self._ahead: bytes | None = b""
         self._ahead_at = 0
         self._memo = Memo()  # the model of the unpickler's memo, which outlives a pickle
-        self._rules = Rules(self._limits, self._memo)
+        self._globals = globals
+        self._rules = Rules(self._limits, self._memo, globals=globals)
         #: The error that stopped this reader, raised again by every later read.
         self.failure: pickle.UnpicklingError | EOFError | None = None
 
@@ -332,7 +335,7 @@ class CheckedReader:
         scan = SCAN if self._ops is not None and self._ahead is not None else None  # in bulk
         if self._ops is None:  # a new pickle starts (the unpickler never reads past STOP)
             self._ops = opcodes(self._recorder)
-            self._rules = Rules(self._limits, self._memo, self._recorder.position)
+            self._rules = Rules(self._limits, self._memo, self._recorder.position, self._globals)
             self._recorder.start = self._recorder.position
             self._ahead = b""
         try:
@@ -515,7 +518,7 @@ class Restriction:
     ) -> None:
         self.allowlist = as_allowlist(allow)
         self.fix_imports = fix_imports
-        self.reader = CheckedReader(source, limits)
+        self.reader = CheckedReader(source, limits, Globals(self.allowlist, fix_imports))
 
     def run(self, load: Callable[[], Any]) -> Any:
         """Call the unpickler's *load*; a restricted load of bad data raises only

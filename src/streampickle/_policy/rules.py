@@ -3,21 +3,26 @@ does to the model of the stack and memo (`.model`)."""
 
 from __future__ import annotations
 
+import functools
 import pickle
 import sys
+from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .._limits import Limits
 from .._opcodes import BY_NAME, LENGTH_FIELDS, MARK, UNFRAMED_HEADERS
 from .accounts import Accounts
+from .allowlist import Allowlist, Pair
 from .model import (
     ANY,
     ARGS_KEPT,
     BIG,
     EMPTY_TUPLE,
+    FOREIGN,
     KEPT_STRINGS,
     NESTS,
+    SHARING,
     Box,
     Frozen,
     Long,
@@ -27,6 +32,7 @@ from .model import (
     NumpyArray,
     NumpyDtype,
     Refused,
+    Shared,
     Sized,
     Tuple,
     Unsized,
@@ -38,10 +44,39 @@ from .model import (
     sized,
 )
 
-__all__ = ["EXTENSION_OPCODES", "MEMO_PUT", "Rules"]
+__all__ = ["EXTENSION_OPCODES", "MEMO_PUT", "Globals", "Rules", "kept_strings"]
 
 EXTENSION_OPCODES = frozenset({"EXT1", "EXT2", "EXT4"})
 MEMO_PUT = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+@functools.lru_cache(maxsize=64)
+def kept_strings(pairs: frozenset[Pair]) -> frozenset[str]:
+    """`KEPT_STRINGS` and the parts of *pairs* (an allowlist's) with their Python 2 spellings:
+    the strings a STACK_GLOBAL may name an allowed global with."""
+    modules = {module for module, _ in pairs}
+    return (
+        KEPT_STRINGS
+        | {part for pair in pairs for part in pair}
+        | {part for old, new in NAME_MAPPING.items() if new in pairs for part in old}
+        | {old for old, new in IMPORT_MAPPING.items() if new in modules}
+    )
+
+
+class Globals:
+    """What the vetting pass knows of a restricted load's allowlist: the strings it keeps as
+    values (`kept_strings`), and whose calls may hand back existing objects (`shares`)."""
+
+    __slots__ = ("allowlist", "fix_imports", "kept")
+
+    def __init__(self, allowlist: Allowlist, fix_imports: bool) -> None:
+        self.allowlist = allowlist
+        self.fix_imports = fix_imports
+        self.kept = kept_strings(allowlist.pairs)
+
+    def shares(self, module: str, name: str) -> bool:
+        """`Allowlist.shares` with this load's ``fix_imports``."""
+        return self.allowlist.shares(module, name, fix_imports=self.fix_imports)
 
 
 class Rules(Accounts):
@@ -55,8 +90,18 @@ class Rules(Accounts):
     kept to a few operations.
     """
 
-    def __init__(self, limits: Limits, memo: Memo | None = None, origin: int = 0) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        memo: Memo | None = None,
+        origin: int = 0,
+        globals: Globals | None = None,
+    ) -> None:
         self.limits = limits
+        #: Which allowed globals' calls may hand back existing objects, and the strings to
+        #: keep as values: those of `KEPT_STRINGS` and the names of the allowlist's pairs.
+        self.globals = globals
+        self.kept = KEPT_STRINGS if globals is None else globals.kept
         self.memo = Memo() if memo is None else memo
         self.origin = origin
         self.frame_end = -1  # stream offset where the current frame ends
@@ -162,7 +207,20 @@ class Rules(Accounts):
             f"malformed pickle: {name} at position {start} pops more than the stack holds"
         )
 
-    # -- calls -----------------------------------------------------------------------------
+    # -- globals and calls -------------------------------------------------------------------
+
+    def global_model(self, module: Any, name: Any) -> Any:
+        """The model of the global ``module.name``: a `ModelledCallable`, `FOREIGN`, or
+        `SHARING` for one whose calls may hand back existing objects, and for one named by
+        strings the model does not know (a STACK_GLOBAL of what calls returned)."""
+        model = model_global(module, name)
+        if model is not FOREIGN or self.globals is None:
+            return model
+        if type(module) is str and type(name) is str:
+            return SHARING if self.globals.shares(module, name) else FOREIGN
+        if type(module) is Sized or type(name) is Sized:
+            return FOREIGN  # a string that names no allowed pair: find_class refuses it
+        return SHARING
 
     def call(
         self, func: Any, args: tuple[Any, ...] | None, start: int, end: int, hops: int = 0
@@ -172,9 +230,11 @@ class Rules(Accounts):
         its arguments are not known or cannot be sized, or if copyreg helpers call each other
         more than `_MAX_HOPS` deep (*hops* counts them)."""
         if type(func) is not ModelledCallable:
-            if isinstance(func, Made) and args is not None:  # a call's result called: size it
-                self.charge("a call of a call's result", _crude_size(args), start, end)
-            return Made()  # FOREIGN: a global the allowlist trusts
+            if isinstance(func, Made):  # a call's result called: size it; it may share
+                if args is not None:
+                    self.charge("a call of a call's result", _crude_size(args), start, end)
+                return Shared()
+            return Shared() if func is SHARING else Made()  # a global the allowlist trusts
         if args is None:
             self._refuse(
                 f"{func.name} at position {start} is called with keyword arguments or more "
@@ -262,7 +322,7 @@ def _payload_pusher(kind: Callable[[int], Sized], text: bool = False) -> Handler
     def push(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
         if arg is None:
             rules.stack.append(kind(end - start - UNFRAMED_HEADERS[name]))
-        elif text and arg in KEPT_STRINGS:
+        elif text and arg in rules.kept:
             rules.stack.append(arg)
         else:
             rules.stack.append(kind(len(arg)))
@@ -372,8 +432,12 @@ def _readonly_buffer(rules: Rules, name: str, arg: Any, start: int, end: int) ->
     rules.need(1, name, start)
 
 
+def _global(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    rules.stack.append(rules.global_model(*arg.split(" ", 1)))
+
+
 def _stack_global(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
-    rules.stack.append(model_global(*rules.pop(2, name, start)))
+    rules.stack.append(rules.global_model(*rules.pop(2, name, start)))
 
 
 def _push_result(rules: Rules, result: Any, arguments: Any) -> None:
@@ -407,7 +471,8 @@ def _obj(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
 def _inst(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
     items = rules.pop_mark(name, start)
     args = tuple(items) if len(items) <= ARGS_KEPT else None
-    _push_result(rules, rules.call(model_global(*arg.split(" ", 1)), args, start, end), items)
+    func = rules.global_model(*arg.split(" ", 1))
+    _push_result(rules, rules.call(func, args, start, end), items)
 
 
 def _stop(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
@@ -471,7 +536,7 @@ _MODEL: dict[str, Handler] = {
     "BUILD": _build,
     "READONLY_BUFFER": _readonly_buffer,
     "STOP": _stop,
-    "GLOBAL": _pusher(lambda arg: model_global(*arg.split(" ", 1))),
+    "GLOBAL": _global,
     "STACK_GLOBAL": _stack_global,
     "REDUCE": _reduce,
     "NEWOBJ": _reduce,

@@ -282,24 +282,55 @@ async def test_writer_flow_control_passes_through(
 
 
 @pytest.mark.parametrize("protocol", range(4))
-async def test_protocols_0_to_3_read_ahead(protocol: int, anyio_backend: Any) -> None:
+async def test_protocols_0_to_3_read_ahead(
+    protocol: int, anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without PROTO 4's frames the unpickler asks for every opcode; read-ahead answers from
     the loader's buffer and puts the rest back into the reader's."""
+    receives = []
+    for name in ("receive", "receive_ahead", "receive_into", "receive_line"):
+        method = getattr(_StreamReaderSource, name)
 
-    class CountingReader(asyncio.StreamReader):
-        reads = 0
+        def counted(*args: Any, _method: Any = method, _name: str = name) -> Any:
+            receives.append(_name)
+            return _method(*args)
 
-        async def read(self, n: int = -1) -> bytes:
-            self.reads += 1
-            return await super().read(n)
-
+        monkeypatch.setattr(_StreamReaderSource, name, counted)
     objs = [list(range(5_000)), {"k": "v" * 100}, [b"x"] * 1_000]
-    reader = CountingReader()
+    reader = asyncio.StreamReader()
     reader.feed_data(b"".join(pickle.dumps(obj, protocol) for obj in objs) + TAIL)
     reader.feed_eof()
     assert [await aload(reader) for _ in objs] == objs
     assert await reader.read() == TAIL
-    assert reader.reads < 200  # an exact reader needs one per opcode: > 7,000
+    assert 0 < len(receives) < 200  # an exact reader needs one per opcode: > 7,000
+
+
+async def test_receive_ahead_appends_at_most_what_is_asked(anyio_backend: Any) -> None:
+    """The loader's read-ahead copies from the reader's buffer once: at most *max_bytes*,
+    the rest left for the reader, then 0 at its end; a reader's exception is raised."""
+    reader = asyncio.StreamReader()
+    source = _StreamReaderSource(reader)
+    assert source.can_unread
+    reader.feed_data(b"0123456789")
+    buffer = bytearray(b"kept:")
+    assert await source.receive_ahead(buffer, 4) == 4
+    assert await source.receive_ahead(buffer, 100) == 6
+    assert buffer == b"kept:0123456789"
+    waiting = asyncio.ensure_future(source.receive_ahead(buffer, 100))
+    await asyncio.sleep(0)
+    assert not waiting.done()  # nothing buffered: it waits for data
+    reader.feed_data(b"abc")
+    assert await waiting == 3
+    reader.feed_data(b"rest")
+    assert await source.receive_ahead(buffer, 2) == 2
+    reader.feed_eof()
+    assert await reader.read() == b"st"
+    assert await source.receive_ahead(buffer, 100) == 0
+    assert buffer == b"kept:0123456789abcre"
+    broken = asyncio.StreamReader()
+    broken.set_exception(ConnectionResetError("reset by the peer"))
+    with pytest.raises(ConnectionResetError):
+        await _StreamReaderSource(broken).receive_ahead(buffer, 100)
 
 
 async def test_without_internals_the_public_api_is_used(

@@ -398,10 +398,9 @@ class Loader:
         if self._pos and self._pos >= len(self._buffer) // 2:
             del self._buffer[: self._pos]  # compact: keep the buffer about one receive long
             self._pos = 0
-        data = await self.source.receive(READ_AHEAD)
-        self.eof = not data
-        self._buffer += data
-        return len(data)
+        count = await self.source.receive_ahead(self._buffer, READ_AHEAD)
+        self.eof = not count
+        return count
 
     async def _read(self, size: int) -> bytes:
         if self._ahead and size - self.buffered < READ_AHEAD:

@@ -103,6 +103,13 @@ class TransportSource(Source):
         self._surplus = data[max_bytes:]
         return data[:max_bytes]
 
+    async def receive_ahead(self, buffer: bytearray, max_bytes: int) -> int:
+        receive_ahead = getattr(self.stream, "receive_ahead", None)
+        if not self._surplus and receive_ahead is not None:
+            count: int = await receive_ahead(buffer, max_bytes)  # one copy (asyncio streams)
+            return count
+        return await super().receive_ahead(buffer, max_bytes)
+
     async def receive_into(self, view: memoryview) -> int:
         receive_into = getattr(self.stream, "receive_into", None)
         if not self._surplus and receive_into is not None:

@@ -92,6 +92,22 @@ class StreamReaderSource(Source):
         reader._maybe_resume_transport()
         return count
 
+    async def receive_ahead(self, buffer: bytearray, max_bytes: int) -> int:
+        if not self.can_unread:
+            return await super().receive_ahead(buffer, max_bytes)
+        reader: Any = self.reader
+        if (exception := reader.exception()) is not None:
+            raise exception
+        if not reader._buffer and not reader.at_eof():
+            await reader._wait_for_data("read")
+        pending: bytearray = reader._buffer
+        count = min(len(pending), max_bytes)
+        with memoryview(pending) as data:
+            buffer += data[:count]  # one copy, where read() copies out and the caller again
+        del pending[:count]
+        reader._maybe_resume_transport()
+        return count
+
     def _transport(self) -> asyncio.BaseTransport | None:
         """The reader's transport, if it feeds the reader through a ``StreamReaderProtocol``
         (a ``StreamReader`` fed by hand has none; a subprocess pipe another protocol)."""
@@ -232,6 +248,11 @@ class AsyncioByteStream(ByteStream):
         if not data:
             raise EndOfStream
         return data
+
+    async def receive_ahead(self, buffer: bytearray, max_bytes: int) -> int:
+        """Append at most *max_bytes* to *buffer* (0 at end of stream), copied once from the
+        reader's buffer as `StreamReaderSource` does for `aload`."""
+        return await self._source.receive_ahead(buffer, max_bytes)
 
     async def receive_into(self, view: memoryview) -> int:
         """Fill a prefix of *view* (0 at end of stream): a large payload is received by the

@@ -33,6 +33,13 @@ class Source:
     async def receive(self, max_bytes: int) -> bytes:
         raise NotImplementedError
 
+    async def receive_ahead(self, buffer: bytearray, max_bytes: int) -> int:
+        """Append what one ``receive(max_bytes)`` returns to *buffer*; return its length (0 at
+        end of stream). Sources that buffer the stream themselves append in one copy."""
+        data = await self.receive(max_bytes)
+        buffer += data
+        return len(data)
+
     async def receive_into(self, view: memoryview) -> int:
         """Fill a prefix of *view*; return its length (0 at end of stream). The default
         receives a piece and copies it, so a payload is never held twice whole."""

@@ -29,7 +29,7 @@ echo "== pytest ($(.venv/bin/python --version))"
 echo "== pytest, the pure-Python path (STREAMPICKLE_PURE_PYTHON=1)"
 STREAMPICKLE_PURE_PYTHON=1 .venv/bin/python -m pytest -q -p no:cacheprovider "${workers[@]}" \
     tests/test_scan.py tests/test_policy.py tests/test_limits.py tests/test_attacks.py \
-    tests/test_fuzz.py tests/test_turns.py tests/test_shared.py "$@"
+    tests/test_fuzz.py tests/test_turns.py tests/test_shared.py tests/test_keys.py "$@"
 
 for version in ${EXTRA_PYTHONS-3.10 3.12 3.13}; do
     python=$(ls -d /root/.pyenv/versions/"$version"*/bin/python3 2>/dev/null | head -n 1 || true)

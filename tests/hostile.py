@@ -200,6 +200,87 @@ def colliding_keys(count: int) -> bytes:
     return PROTO + EMPTY_DICT + b"".join(batches) + STOP
 
 
+_M61 = (1 << 61) - 1  # an int's hash is its value modulo this prime
+
+
+def _shuffle(lane: int) -> int:
+    """The bit shuffle CPython's frozenset hash XORs its members' hashes through."""
+    return (((lane ^ 89869747) ^ (lane << 16)) * 3644798167) & _M
+
+
+def _unshuffle(value: int) -> int:
+    mixed = (value * pow(3644798167, -1, 1 << 64)) & _M
+    mixed ^= 89869747
+    # h ^ (h << 16) == mixed: undo the shifted XOR 16 bits at a time.
+    return (mixed ^ (mixed << 16) ^ (mixed << 32) ^ (mixed << 48)) & _M
+
+
+def colliding_frozenset_pairs(count: int) -> list[frozenset[int]]:
+    """*count* distinct frozensets of two small ints with one hash: a frozenset's hash mixes
+    the XOR of its members' shuffled hashes, so for a first member a second one gives any
+    XOR wanted (and is a small int, its own hash, a quarter of the time)."""
+    target = _shuffle(1) ^ _shuffle(2)
+    pairs: list[frozenset[int]] = []
+    used: set[int] = set()
+    first = 3
+    while len(pairs) < count:
+        second = _unshuffle(_shuffle(first) ^ target)
+        signed = second - (1 << 64) if second >> 63 else second
+        if -_M61 < signed < _M61 and signed != -1 and signed not in used and first not in used:
+            pairs.append(frozenset((first, signed)))
+            used.update((first, signed))
+        first += 1
+    return pairs
+
+
+def _int(value: int) -> bytes:
+    return pickle.dumps(value, 2)[2:-1]
+
+
+def _batched_keys(keys: list[bytes]) -> bytes:
+    """A dict of *keys* (each a pickled key) to None, SETITEMS in batches of 1,000."""
+    batches = [
+        MARK + b"".join(key + NONE for key in keys[start : start + 1000]) + b"u"
+        for start in range(0, len(keys), 1000)
+    ]
+    return PROTO + EMPTY_DICT + b"".join(batches) + STOP
+
+
+def colliding_frozenset_keys(count: int) -> bytes:
+    """A dict whose keys are *count* colliding frozensets of two ints (FROZENSET, protocol 4)."""
+    pairs = [sorted(pair) for pair in colliding_frozenset_pairs(count)]
+    return _batched_keys([MARK + _int(a) + _int(b) + FROZENSET for a, b in pairs])
+
+
+def colliding_mixed_tuples(count: int) -> bytes:
+    """A dict whose keys are ``("x", 5 + k * (2**61 - 1))``: the str's hash is unknown to the
+    sender, but the same in every key, and the ints all hash to 5."""
+    return _batched_keys([text("x") + _int(5 + k * _M61) + TUPLE2 for k in range(count)])
+
+
+def colliding_members(count: int) -> bytes:
+    """One frozenset of *count* ints that all hash to 5 (FROZENSET hashes every member)."""
+    return PROTO + MARK + b"".join(_int(5 + k * _M61) for k in range(count)) + FROZENSET + STOP
+
+
+def colliding_frozensets_with_text(count: int) -> bytes:
+    """A dict whose keys are frozensets of one str and two ints: the same str in each, and
+    pairs of ints whose shuffled hashes XOR alike."""
+    pairs = [sorted(pair) for pair in colliding_frozenset_pairs(count)]
+    return _batched_keys([MARK + text("x") + _int(a) + _int(b) + FROZENSET for a, b in pairs])
+
+
+def colliding_frozenset_calls(count: int) -> bytes:
+    """What protocols 0-3 write for frozensets, ``frozenset([a, b])``, as *count* colliding
+    keys: calls whose members the model does not see."""
+    make = glob("builtins", "frozenset") + b"q\x00" + POP
+    keys = [
+        get(0) + EMPTY_LIST + MARK + _int(a) + _int(b) + b"e" + TUPLE1 + REDUCE
+        for a, b in map(sorted, colliding_frozenset_pairs(count))
+    ]
+    return PROTO + make + _batched_keys(keys)[len(PROTO) :]
+
+
 # -- calls the model does not see -------------------------------------------------------------
 
 _ORDERED_DICT = glob("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE

@@ -323,6 +323,63 @@ def test_colliding_keys_are_refused() -> None:
     assert streampickle.loads(pickle.dumps(set(keys), 5), allow=[]) == set(keys)
 
 
+def test_colliding_frozensets_collide() -> None:
+    pairs = hostile.colliding_frozenset_pairs(50)
+    assert len(set(pairs)) == 50 and len({hash(pair) for pair in pairs}) == 1
+
+
+# Keys whose hashes the model computed only in part, or not at all, before: frozensets (their
+# members' hashes XORed), tuples holding strings beside colliding ints, the members of one
+# FROZENSET, and frozensets built by calls (protocols 0-3), whose members the model does not see.
+COLLIDING: dict[str, tuple[Any, Any]] = {
+    "frozenset keys": (hostile.colliding_frozenset_keys, []),
+    "str and int tuples": (hostile.colliding_mixed_tuples, []),
+    "frozenset members": (hostile.colliding_members, []),
+    "frozensets with a str": (hostile.colliding_frozensets_with_text, []),
+    "frozenset calls": (hostile.colliding_frozenset_calls, ALLOW_BUILTINS),
+}
+
+
+@pytest.mark.parametrize("case", COLLIDING)
+def test_colliding_keys_of_every_kind_are_refused(case: str) -> None:
+    make, allow = COLLIDING[case]
+    assert hostile.run_plain(make(40_000), timeout=2) is None  # the control: quadratic
+    with pytest.raises(LimitExceeded) as info:
+        streampickle.loads(make(40_000), allow=allow)
+    assert info.value.limit == "max_work"
+    assert streampickle.loads(make(100), allow=allow) == pickle.loads(make(100))
+
+
+def test_keys_with_strings_and_numbers_load() -> None:
+    """Keys that differ in their strings are never charged as colliding, however many share
+    their numbers; frozensets and nested tuples are hashed as CPython does."""
+    names = [f"name {index}" for index in range(6_000)]
+    keys: list[Any] = [(name, 5) for name in names] + [(name, "x") for name in names]
+    keys += [(name, index % 7, (index % 3, name)) for index, name in enumerate(names)]
+    keys += [frozenset({index, index + 1}) for index in range(6_000)]
+    keys += [frozenset({name, 2**70}) for name in names] + [(name, 2**70) for name in names]
+    keys += [(index, index / 2, (index,), frozenset({index})) for index in range(6_000)]
+    keys += [tuple(range(index, index + 12)) for index in range(3_000)]
+    ordinary = dict.fromkeys(keys, 1)
+    for protocol in (4, 5):
+        data = pickle.dumps(ordinary, protocol)
+        assert streampickle.loads(data, allow=[]) == ordinary
+        assert streampickle.loads(pickle.dumps(set(keys), protocol), allow=[]) == set(keys)
+
+
+def test_many_frozenset_keys_built_by_calls_need_max_work() -> None:
+    """Protocols 0-3 write a frozenset as a call, whose members the model does not see: each
+    such key is charged for the earlier ones (the worst case), so a dict with thousands of
+    them needs ``max_work`` lifted."""
+    ordinary = {frozenset({index, -index}): index for index in range(5_000)}
+    data = pickle.dumps(ordinary, 2)
+    with pytest.raises(LimitExceeded, match="max_work"):
+        streampickle.loads(data, allow=ALLOW_BUILTINS)
+    assert streampickle.loads(data, allow=ALLOW_BUILTINS, max_work=None) == ordinary
+    few = {frozenset({index, -index}): index for index in range(500)}
+    assert streampickle.loads(pickle.dumps(few, 2), allow=ALLOW_BUILTINS) == few
+
+
 # -- class 4: numpy, the vetted way -----------------------------------------------------------
 
 np = pytest.importorskip("numpy")

@@ -62,7 +62,10 @@ def describe(value: Any, depth: int = 0) -> Any:
     holders = getattr(value, "holders", "-")
     fields.append(holders if holders in ("-", None) else len(holders_of(holders)))
     hashes = getattr(value, "hashes", None)
-    fields.append(sorted(hashes.items()) if isinstance(hashes, dict) else hashes)
+    if isinstance(hashes, dict):  # exact hashes' counts, and how many other entries
+        exact = sorted((key, count) for key, count in hashes.items() if type(key) is int)
+        hashes = (exact, len(hashes) - len(exact))
+    fields.append(hashes)
     items = getattr(value, "items", None)
     if isinstance(items, tuple) and depth < 3:
         fields.append([describe(item, depth + 1) for item in items])

@@ -8,6 +8,6 @@ class Box(Sized):
     built: bool
     cost: int
     depth: int
-    hashes: dict[int, int] | None
+    hashes: dict[Any, Any] | None
     holders: Any
     def __init__(self, size: int | None) -> None: ...

@@ -8,6 +8,7 @@ from typing import Any
 
 from .._exceptions import PolicyViolation
 from .._limits import Limits
+from .keys import OPAQUE, key_of
 from .model import (
     ANY,
     COST_CAP,
@@ -19,7 +20,6 @@ from .model import (
     ModelledCallable,
     Shared,
     Sized,
-    known_hash,
 )
 from .nodes import NO_HOLDERS, add_holder, holders_of
 
@@ -30,6 +30,10 @@ WORK_PER_BYTE = 16
 _WORK_BATCH = 4096  # steps of a nesting walk between checks of the work
 #: Keys whose hash a sender cannot make collide (str and bytes hashes are randomised).
 _PLAIN_KEYS = frozenset({str, Sized, type(None), bool})
+# Entries in a container's ``hashes`` beside the counts of exact hashes: how many exact and
+# opaque keys it has, and its partial keys by signature (the first key with a signature, then
+# ``[count, {digest: count}]``; see `streampickle._policy.keys`).
+_EXACT_KEYS, _OPAQUE_KEYS, _PARTIAL_KEYS = object(), object(), object()
 
 
 class Accounts:
@@ -144,27 +148,31 @@ class Accounts:
 
     def hash(self, items: Any, start: int, target: Any = None) -> None:
         """The unpickler hashes *items* (dict keys, set members) into *target* (a `Box`, or
-        None if unknown): charge what that visits beyond one object each (CPython caches the
-        hash of a str, bytes or frozenset, not a tuple's or an int's), and for a key whose
-        hash the model knows (`known_hash`), the keys of *target* with the same hash, which
-        the container compares it with."""
+        what it builds of them): charge what that visits beyond one object each (CPython
+        caches the hash of a str, bytes or frozenset, not a tuple's or an int's), and for each
+        key that a sender could make collide (`streampickle._policy.keys`) the keys of the
+        same container it may be compared with: those of its hash (exact), of its signature
+        and other known parts (partial), or all that are not plain (opaque)."""
         # str, bytes, None and bools cost one object and never collide: most keys end here.
         others = [item for item in items if type(item) not in _PLAIN_KEYS]
         if not others:
             return
         box: Any = target if type(target) is Box else None
+        seen: dict[Any, Any] | None = None if box is None else box.hashes
         cost = 0
         for item in others:
             costed = type(item) in COSTED
             if costed:
                 cost += item.cost - 1
-            hashed = None if box is None else known_hash(item)
-            if hashed is not None:
-                seen = box.hashes
-                if seen is None:
-                    seen = box.hashes = {}
-                same = seen.get(hashed, 0)
-                seen[hashed] = same + 1
+            key = key_of(item)
+            if key is None:
+                continue
+            if seen is None:
+                seen = {}  # the keys of one call or opcode, if not a known container's
+                if box is not None:
+                    box.hashes = seen
+            same = _compared(seen, key)
+            if same:
                 cost += same * (item.cost if costed else 1)
         if cost:
             self.charge_work(f"hashing keys or set members, the last at position {start}", cost)
@@ -187,3 +195,35 @@ class Accounts:
     @staticmethod
     def _refuse(message: str, position: int) -> None:
         raise PolicyViolation(message, position)
+
+
+def _compared(seen: dict[Any, Any], key: Any) -> int:
+    """Count a key (what `key_of` gave) in *seen*; return the earlier keys it may be compared
+    with."""
+    opaque: int = seen.get(_OPAQUE_KEYS, 0)
+    exact: int = seen.get(_EXACT_KEYS, 0)
+    if type(key) is int:
+        same: int = seen.get(key, 0)
+        seen[key] = same + 1
+        seen[_EXACT_KEYS] = exact + 1
+        return same + opaque
+    if key is OPAQUE:
+        seen[_OPAQUE_KEYS] = opaque + 1
+        return opaque + exact
+    partial: dict[int, Any] | None = seen.get(_PARTIAL_KEYS)
+    if partial is None:
+        seen[_PARTIAL_KEYS] = partial = {}
+    signature = key.hash_value()
+    bucket = partial.get(signature)
+    if bucket is None:  # most keys: their digest is never needed
+        partial[signature] = key
+        return 0
+    if type(bucket) is not list:
+        partial[signature] = bucket = [1, {bucket.digest(): 1}]
+    counts: dict[int, int] = bucket[1]
+    digest = key.digest()
+    alike = counts.get(digest, 0)
+    earlier: int = bucket[0]
+    counts[digest] = alike + 1
+    bucket[0] = earlier + 1
+    return earlier - alike  # those with the same known parts differ in their strings

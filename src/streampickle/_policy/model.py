@@ -3,13 +3,19 @@ a restricted load needs to know, and the table of callables whose calls it sizes
 
 from __future__ import annotations
 
-import sys
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .allowlist import Pair, map_python2
+from .keys import ARGS_KEPT as ARGS_KEPT  # re-exported with the classes below
+from .keys import BIG as BIG
+from .keys import SMALL_INT
+from .keys import Frozen as Frozen
+from .keys import Long as Long
+from .keys import Opaque as Opaque
+from .keys import Tuple as Tuple
 from .nodes import NO_HOLDERS
 from .nodes import Box as Box  # re-exported: the model's classes, with those below
 from .nodes import Sized as Sized
@@ -58,75 +64,6 @@ from .nodes import Sized as Sized
 # nested objects (``str``, ``repr``, ``collections.UserString``...) cannot be bounded by a
 # container's length: do not allow them. Callables not in `CALLABLES` (the fixed-size ones
 # above, and whatever else an allowlist lists) are called with the sender's arguments unsized.
-
-
-#: A call's arguments are kept in the model of a tuple up to this many (every modelled
-#: callable takes fewer; a longer tuple is only a length).
-ARGS_KEPT = 8
-_NOT_YET = -1  # a tuple's hash not computed yet: CPython maps a hash of -1 to -2
-
-
-class Tuple(Sized):
-    """The model of a tuple; ``items`` holds its items' models if it has at most `ARGS_KEPT`.
-    ``depth``, ``holders`` and ``cost`` as for `Box`; `Accounts.contain` sets them. CPython does
-    not cache a tuple's hash, so its ``cost`` adds up its items' each time."""
-
-    __slots__ = ("cost", "depth", "hashed", "holders", "items")
-
-    def __init__(self, items: list[Any]) -> None:
-        super().__init__(len(items))
-        self.items = tuple(items) if len(items) <= ARGS_KEPT else None
-        self.depth = 1
-        self.cost = 1
-        self.holders: Any = None
-        #: CPython's hash of the tuple if the model knows its items' (`hash_value`), None if
-        #: not. Most tuples are never keys: a flat one whose items are kept is hashed when
-        #: first asked (`_NOT_YET`, a hash CPython never returns, until then); one holding
-        #: tuples now, from theirs, so that a chain is hashed as it is built, not recursively.
-        lazy = self.items is not None and not any(type(item) is Tuple for item in items)
-        self.hashed: int | None = _NOT_YET if lazy else tuple_hash(items)
-
-    def hash_value(self) -> int | None:
-        """CPython's hash of the tuple, if the model knows its items'."""
-        if self.hashed == _NOT_YET:
-            assert self.items is not None
-            self.hashed = tuple_hash(self.items)
-        return self.hashed
-
-    @classmethod
-    def copied(cls, size: int) -> Tuple:
-        """The model of a tuple of *size* items that a call copied (its items are not known)."""
-        copy = cls([])
-        copy.size = size
-        copy.items = None
-        copy.hashed = None
-        return copy
-
-
-class Frozen(Sized):
-    """The model of a frozenset, or of a tuple a call built: immutable, so ``holders`` stays
-    None unless it holds what can deepen. A frozenset caches its hash, a call's tuple is
-    costed as the iterable it copies."""
-
-    __slots__ = ("cost", "depth", "holders")
-
-    def __init__(self, size: int | None) -> None:
-        super().__init__(size)
-        self.depth = 1
-        self.cost = 1
-        self.holders: Any = None
-
-
-class Opaque:
-    """A value the model knows nothing about; ``what`` describes it for error messages."""
-
-    __slots__ = ("what",)
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-    def __repr__(self) -> str:
-        return f"<{self.what}>"
 
 
 class Made(Opaque):
@@ -179,72 +116,6 @@ class NumpyArray(Made):
     __slots__ = ()
 
 
-class Long(Opaque):
-    """An int of 2**63 or more: only its hash and what hashing it costs are kept (CPython does
-    not cache an int's hash: each use as a key hashes all its digits again)."""
-
-    __slots__ = ("cost", "hashed")
-    what = "an int of 2**63 or more, which the vetting pass does not model"
-
-    def __init__(self, value: int) -> None:
-        self.cost = value.bit_length() // 30 + 1
-        self.hashed = hash(value)
-
-
-# Hash collisions. A dict or set slows down quadratically when many distinct keys share a hash.
-# CPython randomises the hashes of str and bytes (and so of datetimes), but not of numbers: an
-# int's hash is its value modulo 2**61 - 1, and a tuple's combines its items' hashes by a
-# function a sender can invert, so colliding tuples of small ints are easy to make. The model
-# computes the hash of every key whose hash it can know (ints past 2**61, floats, tuples of
-# those) and charges, for each key, the keys of the same container that share its hash.
-
-_XXPRIME_1 = 11400714785074694791
-_XXPRIME_2 = 14029467366897019727
-_XXPRIME_5 = 2870177450012600261
-_MASK = (1 << 64) - 1
-_SMALL_INT = (1 << 61) - 1  # ints below this hash to themselves: distinct, never colliding
-_HASHES_KNOWN = sys.hash_info.width == 64
-
-
-def tuple_hash(items: list[Any] | tuple[Any, ...]) -> int | None:
-    """CPython's hash of a tuple of *items* (3.8+, 64-bit builds: xxHash's mixing of the
-    items' hashes), if the model knows every item's; else None."""
-    if not _HASHES_KNOWN:
-        return None
-    acc = _XXPRIME_5
-    for item in items:
-        kind = type(item)
-        if kind is int or kind is float or kind is bool:
-            lane = hash(item)
-        elif kind is Tuple or kind is Long:
-            lane = item.hash_value() if kind is Tuple else item.hashed
-            if lane is None:
-                return None
-        else:
-            return None
-        acc = (acc + (lane & _MASK) * _XXPRIME_2) & _MASK
-        acc = ((acc << 31) | (acc >> 33)) & _MASK
-        acc = (acc * _XXPRIME_1) & _MASK
-    acc = (acc + (len(items) ^ (_XXPRIME_5 ^ 3527539))) & _MASK
-    if acc == _MASK:
-        return 1546275796
-    return acc - (1 << 64) if acc >> 63 else acc
-
-
-def known_hash(value: Any) -> int | None:
-    """The hash of *value* as a key, if a sender could make it collide and the model knows it
-    (small ints never collide with each other: None for them)."""
-    kind = type(value)
-    if kind is Tuple or kind is Long:
-        hashed: int | None = value.hash_value() if kind is Tuple else value.hashed
-        return hashed
-    if kind is float:
-        return hash(value)
-    if kind is int and not -_SMALL_INT < value < _SMALL_INT:
-        return hash(value)
-    return None
-
-
 #: The models of objects that hold others.
 NESTS = frozenset({Box, Tuple, Frozen, Made, NumpyDtype, NumpyArray})
 #: The models whose hashing costs more than one object.
@@ -263,9 +134,7 @@ FOREIGN = Foreign(shares=False)
 SHARING = Foreign(shares=True)
 #: A memo entry that was never put (the unpickler will fail on it).
 MISSING = Opaque("a missing memo entry")
-#: Literal ints are modelled below this magnitude (a longer one is a `Long`: not kept, and a
-#: size or range bound that large is refused).
-BIG = 1 << 63
+_SMALL_INT = SMALL_INT  # for the compiled scanner
 _SIZES = tuple(Sized(size) for size in range(256))  # shared: immutable, and common
 EMPTY_TUPLE = Tuple([])
 

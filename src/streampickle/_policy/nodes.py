@@ -81,8 +81,8 @@ if TYPE_CHECKING or _NODES is None:
             self.cost = 1
             self.holders: Any = NO_HOLDERS
             self.built = False
-            #: The known hashes of its keys or members, and how many have each (`Accounts.hash`).
-            self.hashes: dict[int, int] | None = None
+            #: What is known of its keys' hashes, and how many have each (`Accounts.hash`).
+            self.hashes: dict[Any, Any] | None = None
 
 else:
     Sized, Box = _NODES.Sized, _NODES.Box

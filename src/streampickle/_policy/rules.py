@@ -520,7 +520,7 @@ _MODEL: dict[str, Handler] = {
     "TUPLE3": _container(3, Tuple),
     "LIST": _container(None, lambda items: Box(len(items))),
     "DICT": _container(None, lambda items: Box(len(items) // 2), hashed=2),
-    "FROZENSET": _container(None, lambda items: Frozen(len(items)), hashed=1, costs=False),
+    "FROZENSET": _container(None, Frozen.of, hashed=1, costs=False),
     "BINPERSID": _builder(1, lambda items: ANY),
     "APPEND": _grower(1),
     "APPENDS": _grower(None),

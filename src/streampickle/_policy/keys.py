@@ -53,8 +53,17 @@ SMALL_INT = (1 << 61) - 1  # ints below this hash to themselves: distinct, never
 _HASHES_KNOWN = sys.hash_info.width == 64
 #: The lane of an item whose hash the sender cannot know, in a partial key's signature.
 _SECRET = secrets.randbits(64)
-#: The token of such an item in a digest of known parts.
-_UNKNOWN = "?"
+
+
+class _Unknown:
+    """The token of an item whose hash the sender cannot know, in a digest of known parts
+    (its repr is no str's)."""
+
+    def __repr__(self) -> str:
+        return "<unknown>"
+
+
+_UNKNOWN = _Unknown()
 #: A key whose hash the sender may choose and the model does not know (`key_of`).
 OPAQUE = object()
 _EXACT, _PARTIAL, _BLIND = 0, 1, 2  # how much of a key's hash the model knows

@@ -17,7 +17,8 @@ easy to make from numbers. The model sorts each key (`key_of`):
   item's. Two such keys can be made to collide only if their unknown items are the same and
   their known parts hash alike; the model charges a key for the earlier ones with that
   signature whose known parts differ (a keyed digest of them tells), assuming the worst of
-  the unknown items. Keys that differ only in their strings are never charged;
+  the unknown items. Keys that differ only in their strings are never charged, and those
+  holding nothing else (*blind*) are plain;
 * *opaque*: tuples and frozensets that calls built (``tuple(...)``, ``frozenset(...)``, what
   protocols 0-3 write for a frozenset), whose items the model does not see: charged for every
   earlier opaque or exact key of the container.

@@ -35,7 +35,7 @@ from .nodes import Sized
 
 __all__ = [
     "ARGS_KEPT", "BIG", "OPAQUE", "SMALL_INT",
-    "Frozen", "Long", "Opaque", "Tuple", "key_of", "tuple_hash",
+    "Frozen", "Long", "Opaque", "Tuple", "key_of",
 ]  # fmt: skip
 
 #: A call's arguments are kept in the model of a tuple up to this many (every modelled
@@ -172,12 +172,6 @@ def _tuple_key(items: Any) -> tuple[int | None, int]:
     if blind:
         known = _BLIND
     return (1546275796 if acc == _MASK else _signed(acc)), known
-
-
-def tuple_hash(items: list[Any] | tuple[Any, ...]) -> int | None:
-    """CPython's hash of a tuple of *items*, if the model knows every item's; else None."""
-    hashed, known = _tuple_key(items)
-    return hashed if known == _EXACT else None
 
 
 def _shuffle(lane: int) -> int:

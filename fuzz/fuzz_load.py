@@ -79,7 +79,7 @@ def seed_corpus() -> None:
     attacks |= {
         "exponential-key": hostile.exponential_key(40),
         "rehashed-int": hostile.rehashed_int(600, 200),
-        "colliding-keys": hostile.colliding_keys(100),
+        **{f"colliding-{name}": make(100) for name, make in hostile.COLLIDING.items()},
         "shadowed-append": hostile.shadowed("append", 1 << 20),
         "shadowed-setstate": hostile.shadowed("__setstate__", 1 << 20),
         "unknown-encoding": hostile.unknown_encoding(0, 100),

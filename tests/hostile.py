@@ -281,6 +281,103 @@ def colliding_frozenset_calls(count: int) -> bytes:
     return PROTO + make + _batched_keys(keys)[len(PROTO) :]
 
 
+def _appended(items: list[bytes]) -> bytes:
+    """A list of *items* (each pickled), APPENDS in batches of 1,000."""
+    batches = [
+        MARK + b"".join(items[start : start + 1000]) + b"e" for start in range(0, len(items), 1000)
+    ]
+    return EMPTY_LIST + b"".join(batches)
+
+
+def _colliding_ints(count: int) -> list[bytes]:
+    return [_int(5 + k * _M61) for k in range(count)]
+
+
+def colliding_set_call(count: int) -> bytes:
+    """What protocols 0-3 write for a set, ``set([...])``, of *count* ints that all hash to 5."""
+    members = _appended(_colliding_ints(count))
+    return PROTO + glob("builtins", "set") + members + TUPLE1 + REDUCE + STOP
+
+
+def colliding_call(module: str, name: str, count: int, pairs: bool, factory: bool) -> bytes:
+    """``module.name([...])`` of *count* colliding ints (with *pairs*, of ``(int, None)``
+    pairs; with *factory*, ``module.name(None, [...])``, as for a defaultdict)."""
+    items = _colliding_ints(count)
+    listed = _appended([item + NONE + TUPLE2 for item in items] if pairs else items)
+    args = NONE + listed + TUPLE2 if factory else listed + TUPLE1
+    return b"\x80\x04" + glob(module, name) + args + REDUCE + STOP
+
+
+def colliding_list_reused(count: int) -> bytes:
+    """A list of *count* colliding ints, made first, then given to ``set`` from the memo."""
+    members = _appended(_colliding_ints(count)) + b"q\x00" + POP
+    return PROTO + members + glob("builtins", "set") + get(0) + TUPLE1 + REDUCE + STOP
+
+
+def colliding_list_rehashed(count: int, copy: bool = False) -> bytes:
+    """``set(items)``, then ``frozenset(items)`` *count* // 5 times, of a list ``items`` of up
+    to 500 colliding ints: each call compares them again (with *copy*, ``frozenset`` is given
+    ``deque(items)``)."""
+    items = _appended(_colliding_ints(min(count, 500)))
+    made = glob("builtins", "set") + EMPTY_LIST + put(0) + items[1:] + TUPLE1 + REDUCE + POP
+    if copy:
+        made += glob("collections", "deque") + get(0) + TUPLE1 + REDUCE + put(0) + POP
+    again = glob("builtins", "frozenset") + put(1) + POP
+    call = get(1) + get(0) + TUPLE1 + REDUCE + POP
+    return PROTO + made + again + call * (count // 5) + NONE + STOP
+
+
+def colliding_copy_rehashed(count: int) -> bytes:
+    return colliding_list_rehashed(count, copy=True)
+
+
+def colliding_list_replaced(count: int) -> bytes:
+    """A list of *count* Nones whose items SETITEMS replaces with colliding ints, given to
+    ``set``."""
+    nones = _appended([NONE] * count) + put(0)
+    index = [binint(k) + item for k, item in enumerate(_colliding_ints(count))]
+    replaced = b"".join(
+        MARK + b"".join(index[at : at + 1000]) + b"u" for at in range(0, count, 1000)
+    )
+    return (
+        PROTO + nones + replaced + POP + glob("builtins", "set") + get(0) + TUPLE1 + REDUCE + STOP
+    )
+
+
+def colliding_tuple_copy(count: int) -> bytes:
+    """``set(tuple(items))`` of a list ``items`` of *count* colliding ints."""
+    items = _appended(_colliding_ints(count)) + put(0) + POP
+    copy = glob("builtins", "tuple") + get(0) + TUPLE1 + REDUCE
+    return PROTO + items + glob("builtins", "set") + copy + TUPLE1 + REDUCE + STOP
+
+
+def colliding_pairs_counted_as_members(count: int) -> bytes:
+    """A list of *count* pairs ``(5 + k * (2**61 - 1), k)`` made for ``set`` (so it counts the
+    pairs' hashes, which differ), then given to ``dict``, which hashes their first items: all
+    hash to 5."""
+    ints = _colliding_ints(count)
+    pairs = _appended([item + _int(k) + TUPLE2 for k, item in enumerate(ints)])
+    made = glob("builtins", "set") + pairs + b"q\x00" + POP + POP
+    return PROTO + made + glob("builtins", "dict") + get(0) + TUPLE1 + REDUCE + STOP
+
+
+#: Every way above of making keys or set members collide, by name (each a function of a count).
+COLLIDING: dict[str, Callable[[int], bytes]] = {
+    "tuple keys": colliding_keys,
+    "frozenset keys": colliding_frozenset_keys,
+    "str and int tuples": colliding_mixed_tuples,
+    "frozenset members": colliding_members,
+    "frozensets with a str": colliding_frozensets_with_text,
+    "frozenset calls": colliding_frozenset_calls,
+    "set call": colliding_set_call,
+    "list reused": colliding_list_reused,
+    "list rehashed": colliding_list_rehashed,
+    "copy rehashed": colliding_copy_rehashed,
+    "tuple copy": colliding_tuple_copy,
+    "list replaced": colliding_list_replaced,
+}
+
+
 # -- calls the model does not see -------------------------------------------------------------
 
 _ORDERED_DICT = glob("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE

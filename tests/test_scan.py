@@ -49,7 +49,7 @@ def framed(data: bytes) -> bytes:
 
 
 #: What the model objects know (the compiled ones, `_nodes`, have no ``__slots__`` to list).
-FIELDS = ("size", "depth", "cost", "built", "hashed", "what")
+FIELDS = ("size", "depth", "cost", "built", "hashed", "loose", "what")
 
 
 def describe(value: Any, depth: int = 0) -> Any:
@@ -183,7 +183,14 @@ RECORDS = [{"id": i, "name": f"row {i}", "score": i * 0.5, "tags": ["a", "b"]} f
         [[[[[[i]]]]] for i in range(200)],
         {frozenset([1, 2]), (1, (2, (3,))), 10**30, -(2**63), 2**61, 1.5},
     ],
-    ids=["records", "ints", "scalars", "nested dicts", "deep lists", "keys the model hashes"],
+    ids=[
+        "records",
+        "ints",
+        "scalars",
+        "nested dicts",
+        "deep lists",
+        "keys the model hashes",
+    ],
 )
 @pytest.mark.parametrize("protocol", [0, 2, 3, 4, 5])
 def test_pickles_are_checked_the_same_and_load_equal(obj: Any, protocol: int) -> None:

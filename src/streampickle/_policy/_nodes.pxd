@@ -11,3 +11,5 @@ cdef class Box(Sized):
     cdef public Py_ssize_t depth
     cdef public dict hashes
     cdef public object holders
+    cdef public bint listed
+    cdef public Py_ssize_t loose

@@ -10,4 +10,6 @@ class Box(Sized):
     depth: int
     hashes: dict[Any, Any] | None
     holders: Any
+    listed: bool
+    loose: int
     def __init__(self, size: int | None) -> None: ...

@@ -25,3 +25,5 @@ cdef class Box(Sized):
         self.holders = ()  # nodes.NO_HOLDERS
         self.built = False
         self.hashes = None
+        self.listed = False
+        self.loose = 0

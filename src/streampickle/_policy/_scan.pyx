@@ -13,12 +13,13 @@ accelerator never raises a refusal itself, and the results are the same with or 
 where this module is not built, and ``STREAMPICKLE_PURE_PYTHON=1`` forces it.
 """
 
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from cpython.pyport cimport PY_SSIZE_T_MAX
 
-from . import accounts as _accounts
+from . import keys as _keys
 from . import model as _model
 from ._nodes cimport Box, Sized
 
@@ -30,8 +31,9 @@ cdef object EMPTY_TUPLE = _model.EMPTY_TUPLE
 cdef object COSTED = _model.COSTED
 cdef tuple SIZES = _model._SIZES
 cdef Py_ssize_t COST_CAP = _model.COST_CAP
-cdef object SMALL_INT = _model._SMALL_INT
-cdef object PLAIN_KEYS = _accounts._PLAIN_KEYS
+cdef long long SMALL_INT = _keys.SMALL_INT
+cdef object PLAIN_KEYS = _keys.PLAIN_KEYS
+cdef object ModelledCallable = _model.ModelledCallable
 cdef object NoneType = type(None)
 
 
@@ -143,20 +145,40 @@ cdef object _contain(object rules, object target, list items, Py_ssize_t max_nes
     rules.deepen(target, deepest + 1)
 
 
-cdef bint _plain_keys(list keys):
-    """Whether `Accounts.hash` would do nothing for *keys*: each costs one object and its hash
-    is not one the model follows (str, bytes, None, bools, ints that hash to themselves)."""
+cdef Py_ssize_t _collidable(list items):
+    """`keys.collidable`: how many of *items* are not plain keys (str, bytes, None, bools,
+    ints that hash to themselves: `Accounts.hash` does nothing for those)."""
     cdef type kind
-    for key in keys:
+    cdef Py_ssize_t count = 0
+    cdef long long value
+    cdef int overflow
+    for key in items:
         kind = type(key)
         if kind is str or kind is Sized or kind is bool or key is None:
             continue
-        if kind is int and -SMALL_INT < key < SMALL_INT:
+        if kind is int:
+            value = PyLong_AsLongLongAndOverflow(key, &overflow)
+            if not overflow and -SMALL_INT < value < SMALL_INT:
+                continue
+        elif kind is float or kind is Box or kind is Tuple:
+            pass  # the common ones, not plain: no set lookup
+        elif kind in PLAIN_KEYS:
             continue
-        if kind in PLAIN_KEYS:
-            continue
+        count += 1
+    return count
+
+
+cdef inline bint _plain_keys(list keys):
+    return _collidable(keys) == 0
+
+
+cdef inline bint _counted(list stack):
+    """Whether a list pushed now keeps a census of its members' hashes: it is made for a
+    call that hashes them (`rules._census_for`)."""
+    if not stack:
         return False
-    return True
+    func = stack[len(stack) - 1]
+    return type(func) is ModelledCallable and func.hashes and not func.pairs
 
 
 cdef inline Py_ssize_t _payload(const unsigned char* data, Py_ssize_t pos, Py_ssize_t size,
@@ -273,7 +295,12 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                 stack.append(_sized(length))
                 end = index + length
             elif code == 0x5d or code == 0x7d or code == 0x8f:  # EMPTY_LIST, _DICT, _SET
-                stack.append(_box())
+                target = _box()
+                if code == 0x5d:
+                    target.listed = True
+                    if _counted(stack):
+                        target.hashes = {}
+                stack.append(target)
                 end = pos + 1
             elif code == 0x29:  # EMPTY_TUPLE
                 stack.append(EMPTY_TUPLE)
@@ -326,10 +353,15 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                 target = <Box>value
                 items = stack[mark:]
                 if code == 0x75:
-                    if not _plain_keys(items[::2]):
+                    if not _plain_keys(items[::2]) or target.listed:
                         break  # Rules.check charges the hashing (and may refuse it)
                 elif code == 0x90 and not _plain_keys(items):
                     break
+                elif code == 0x65:
+                    count = _collidable(items)
+                    if count and target.hashes is not None:
+                        break  # Rules.check counts their hashes (the list is made for a call)
+                    target.loose += count
                 del stack[mark:]
                 marks.pop()
                 fence = below
@@ -347,8 +379,13 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                     break
                 target = <Box>value
                 items = stack[keep:]
-                if code == 0x73 and not _plain_keys(items[:1]):
+                if code == 0x73 and (not _plain_keys(items[:1]) or target.listed):
                     break
+                elif code == 0x61:
+                    count = _collidable(items)
+                    if count and target.hashes is not None:
+                        break
+                    target.loose += count
                 del stack[keep:]
                 if target.size is not None:
                     target.size += 1

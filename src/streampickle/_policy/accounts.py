@@ -8,7 +8,7 @@ from typing import Any
 
 from .._exceptions import PolicyViolation
 from .._limits import Limits
-from .keys import OPAQUE, key_of
+from .keys import OPAQUE, PLAIN_KEYS, Frozen, Tuple, collidable, key_of, members
 from .model import (
     ANY,
     COST_CAP,
@@ -19,7 +19,6 @@ from .model import (
     Made,
     ModelledCallable,
     Shared,
-    Sized,
 )
 from .nodes import NO_HOLDERS, add_holder, holders_of
 
@@ -28,12 +27,11 @@ __all__ = ["WORK_PER_BYTE", "Accounts"]
 #: The work a pickle may cost per byte received (see `Accounts.charge_work`), beyond max_work.
 WORK_PER_BYTE = 16
 _WORK_BATCH = 4096  # steps of a nesting walk between checks of the work
-#: Keys whose hash a sender cannot make collide (str and bytes hashes are randomised).
-_PLAIN_KEYS = frozenset({str, Sized, type(None), bool})
 # Entries in a container's ``hashes`` beside the counts of exact hashes: how many exact and
-# opaque keys it has, and its partial keys by signature (the first key with a signature, then
-# ``[count, {digest: count}]``; see `streampickle._policy.keys`).
-_EXACT_KEYS, _OPAQUE_KEYS, _PARTIAL_KEYS = object(), object(), object()
+# opaque keys it has, its partial keys by signature (the first key with a signature, then
+# ``[count, {digest: count}]``; see `streampickle._policy.keys`), and the comparisons its
+# collisions cost (charged again to each call that hashes its members: `Accounts.rehash`).
+_EXACT_KEYS, _OPAQUE_KEYS, _PARTIAL_KEYS, _COLLIDED = object(), object(), object(), object()
 
 
 class Accounts:
@@ -146,20 +144,22 @@ class Accounts:
         if depth > self.max_nesting:
             self.limits.check("container nesting", depth, "max_nesting", unit="levels")
 
-    def hash(self, items: Any, start: int, target: Any = None) -> None:
+    def hash(self, items: Any, start: int, target: Any = None, charge: bool = True) -> int:
         """The unpickler hashes *items* (dict keys, set members) into *target* (a `Box`, or
         what it builds of them): charge what that visits beyond one object each (CPython
         caches the hash of a str, bytes or frozenset, not a tuple's or an int's), and for each
         key that a sender could make collide (`streampickle._policy.keys`) the keys of the
         same container it may be compared with: those of its hash (exact), of its signature
-        and other known parts (partial), or all that are not plain (opaque)."""
+        and other known parts (partial), or all that are not plain (opaque). Without
+        *charge* (the census of a list a call will hash), only count them. Return the
+        comparisons of keys that may collide."""
         # str, bytes, None and bools cost one object and never collide: most keys end here.
-        others = [item for item in items if type(item) not in _PLAIN_KEYS]
+        others = [item for item in items if type(item) not in PLAIN_KEYS]
         if not others:
-            return
+            return 0
         box: Any = target if type(target) is Box else None
         seen: dict[Any, Any] | None = None if box is None else box.hashes
-        cost = 0
+        cost = collided = 0
         for item in others:
             costed = type(item) in COSTED
             if costed:
@@ -173,9 +173,38 @@ class Accounts:
                     box.hashes = seen
             same = _compared(seen, key)
             if same:
-                cost += same * (item.cost if costed else 1)
-        if cost:
-            self.charge_work(f"hashing keys or set members, the last at position {start}", cost)
+                collided += same * (item.cost if costed else 1)
+        if collided and box is not None:
+            assert seen is not None
+            seen[_COLLIDED] = min(seen.get(_COLLIDED, 0) + collided, COST_CAP)
+        if charge and cost + collided:
+            self.charge_work(
+                f"hashing keys or set members, the last at position {start}", cost + collided
+            )
+        return collided
+
+    def rehash(self, source: Any, pairs: bool, start: int) -> None:
+        """A call hashes the members of *source* (with *pairs*, the first items of its pairs,
+        as ``dict`` does): charge the comparisons of those that may collide, as the census of
+        a list made for the call, or of a set's members or a dict's keys, counted them; or
+        the worst case, each compared with all the others, where the model keeps no census
+        (`streampickle._policy.keys`)."""
+        kind = type(source)
+        if kind is Box:
+            seen = source.hashes
+            work: int = 0 if seen is None else seen.get(_COLLIDED, 0)
+            if seen is None or pairs:
+                work += _worst(source.loose)
+        elif kind is Tuple or kind is Frozen:
+            held = members(source)
+            if held is None or pairs:
+                work = _worst((source.size or 0) if held is None else collidable(held))
+            else:
+                work = self.hash(held, start, charge=False)
+        else:
+            return  # str, bytes, range: plain members; what allowed calls made: trusted
+        if work:
+            self.charge_work(f"hashing the members given to the call at position {start}", work)
 
     def charge_work(self, what: str, steps: int) -> None:
         """Add *steps* to the work of this pickle; `LimitExceeded` if that exceeds
@@ -195,6 +224,11 @@ class Accounts:
     @staticmethod
     def _refuse(message: str, position: int) -> None:
         raise PolicyViolation(message, position)
+
+
+def _worst(count: int) -> int:
+    """The comparisons of *count* members that may all collide."""
+    return min(count * (count - 1) // 2, COST_CAP)
 
 
 def _compared(seen: dict[Any, Any], key: Any) -> int:

@@ -31,11 +31,11 @@ import secrets
 import sys
 from typing import Any
 
-from .nodes import Sized
+from .nodes import Box, Sized
 
 __all__ = [
-    "ARGS_KEPT", "BIG", "OPAQUE", "SMALL_INT",
-    "Frozen", "Long", "Opaque", "Tuple", "key_of",
+    "ARGS_KEPT", "BIG", "OPAQUE", "PLAIN_KEYS", "SMALL_INT",
+    "Frozen", "Long", "Opaque", "Tuple", "collidable", "copy_census", "key_of", "members",
 ]  # fmt: skip
 
 #: A call's arguments are kept in the model of a tuple up to this many (every modelled
@@ -51,6 +51,8 @@ _XXPRIME_2 = 14029467366897019727
 _XXPRIME_5 = 2870177450012600261
 _MASK = (1 << 64) - 1
 SMALL_INT = (1 << 61) - 1  # ints below this hash to themselves: distinct, never colliding
+#: Keys whose hash a sender cannot make collide (str and bytes hashes are randomised).
+PLAIN_KEYS = frozenset({str, Sized, type(None), bool})
 _HASHES_KNOWN = sys.hash_info.width == 64
 #: The lane of an item whose hash the sender cannot know, in a partial key's signature.
 _SECRET = secrets.randbits(64)
@@ -337,3 +339,46 @@ def key_of(item: Any) -> Any:
         known = item.known
         return hashed if known == _EXACT else None if known == _BLIND else item
     return None
+
+
+# -- what a call hashes ------------------------------------------------------------------------
+#
+# ``set(items)``, ``frozenset``, ``dict.fromkeys``, ``Counter`` hash the members of what they
+# are given, ``dict``, ``OrderedDict`` and ``defaultdict`` the first items of its pairs. A list
+# made for such a call (what protocols 0-3 write for a set: ``set([...])``) keeps a census of
+# its members' hashes as they are appended, as a set does (`Box.hashes`); every list counts
+# the items appended to it that could collide (`Box.loose`), for the worst case of the others.
+
+
+def collidable(items: Any) -> int:
+    """How many of *items* a sender could make collide as keys or set members: all but the
+    plain ones (`PLAIN_KEYS`, ints below `SMALL_INT`), without looking inside tuples (the
+    accelerator counts the same)."""
+    count = 0
+    for item in items:
+        kind = type(item)
+        if kind in PLAIN_KEYS or (kind is int and -SMALL_INT < item < SMALL_INT):
+            continue
+        count += 1
+    return count
+
+
+def members(source: Tuple | Frozen) -> tuple[Any, ...] | None:
+    """The models of what a tuple or frozenset holds, None if a call made it (unknown)."""
+    held = source._all
+    return held if held is not None and len(held) == source.size else None
+
+
+def copy_census(copy: Box, source: Any, pairs: bool) -> None:
+    """What *copy* (a `Box` a call copied from *source*: ``set(...)``, ``list(...)``,
+    ``dict(...)``) knows of the hashes of its members: a list's, set's or dict's census, shared
+    (with *pairs*, only a mapping's: the keys of a list of pairs are not what its census
+    counted), or how many could collide."""
+    kind = type(source)
+    if kind is Box:
+        copy.loose = source.loose
+        if not (pairs and source.loose):
+            copy.hashes = source.hashes
+    elif kind is Tuple or kind is Frozen:
+        held = members(source)
+        copy.loose = (source.size or 0) if held is None else collidable(held)

@@ -11,11 +11,11 @@ from typing import Any
 from .allowlist import Pair, map_python2
 from .keys import ARGS_KEPT as ARGS_KEPT  # re-exported with the classes below
 from .keys import BIG as BIG
-from .keys import SMALL_INT
 from .keys import Frozen as Frozen
 from .keys import Long as Long
 from .keys import Opaque as Opaque
 from .keys import Tuple as Tuple
+from .keys import copy_census
 from .nodes import NO_HOLDERS
 from .nodes import Box as Box  # re-exported: the model's classes, with those below
 from .nodes import Sized as Sized
@@ -134,7 +134,6 @@ FOREIGN = Foreign(shares=False)
 SHARING = Foreign(shares=True)
 #: A memo entry that was never put (the unpickler will fail on it).
 MISSING = Opaque("a missing memo entry")
-_SMALL_INT = SMALL_INT  # for the compiled scanner
 _SIZES = tuple(Sized(size) for size in range(256))  # shared: immutable, and common
 EMPTY_TUPLE = Tuple([])
 
@@ -208,12 +207,21 @@ def _byte_string(result: Callable[[int], Sized]) -> Model:
     return model
 
 
-def _copy(result: Callable[[int], Sized], position: int = 0) -> Model:
-    """A constructor that copies the iterable or mapping it gets at *position*."""
+def _copy(
+    result: Callable[[int], Sized], position: int = 0, pairs: bool = False, listed: bool = False
+) -> Model:
+    """A constructor that copies the iterable or mapping it gets at *position* (with *pairs*,
+    a mapping or the pairs of one; *listed*: into a list or deque, `Box.listed`)."""
 
     def model(args: tuple[Any, ...]) -> tuple[int, Any]:
-        size = length(args[position]) if len(args) > position else 0
-        return size, result(size)
+        given = len(args) > position
+        size = length(args[position]) if given else 0
+        made = result(size)
+        if type(made) is Box:
+            made.listed = listed
+            if given:
+                copy_census(made, args[position], pairs)
+        return size, made
 
     return model
 
@@ -263,12 +271,15 @@ def call_arguments(args: Any, kwargs: Any = None) -> tuple[Any, ...] | None:
 @dataclass(frozen=True)
 class ModelledCallable:
     """A global whose calls the model sizes: *model* (or *forward*, for the copyreg helpers);
-    *hashes*: the call hashes the items of what it is given (a set, a dict's keys)."""
+    *hashes*: the call hashes the members of its argument at *position* (with *pairs*, the
+    first items of its pairs, as ``dict`` does)."""
 
     name: str
     model: Model | None = None
     forward: Forward | None = None
     hashes: bool = False
+    pairs: bool = False
+    position: int = 0
 
 
 # numpy, the vetted way. ``numpy.dtype.__setstate__`` trusts its state (a crafted elsize,
@@ -382,6 +393,16 @@ def numpy_array_state(state: Any) -> bool:
     return data.size is not None and size <= data.size
 
 
+#: The callables that hash the members of what they are given (`ModelledCallable.hashes`),
+#: and those of them that hash the keys of a mapping or of pairs.
+_PAIRS = {("builtins", "dict"), ("collections", "OrderedDict"), ("collections", "defaultdict")}
+_LISTS = {("builtins", "list"), ("builtins", "sorted"), ("collections", "deque")}
+_HASHING = _PAIRS | {
+    ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "dict.fromkeys"),
+    ("collections", "Counter"), ("collections", "OrderedDict.fromkeys"),
+}  # fmt: skip
+
+
 def _table() -> dict[Pair, ModelledCallable]:
     models: dict[Pair, Model] = {
         ("builtins", "bytes"): _byte_string(sized),
@@ -389,7 +410,7 @@ def _table() -> dict[Pair, ModelledCallable]:
         ("builtins", "range"): _range,
         ("_codecs", "encode"): lambda args: (size := _encoded_size(*args[:3]), sized(size)),
         ("decimal", "Decimal"): _decimal,
-        ("collections", "defaultdict"): _copy(Box, position=1),
+        ("collections", "defaultdict"): _copy(Box, position=1, pairs=True),
         ("numpy", "dtype"): _numpy_dtype,
         ("numpy", "ndarray"): _numpy_ndarray,
         **{(module, "_reconstruct"): _numpy_reconstruct for module in _NUMPY_MODULES},
@@ -402,13 +423,16 @@ def _table() -> dict[Pair, ModelledCallable]:
         (("collections", "OrderedDict"), Box), (("collections", "OrderedDict.fromkeys"), Box),
         (("collections", "Counter"), Box),
     ]:  # fmt: skip
-        models[pair] = _copy(result)
+        models[pair] = _copy(result, pairs=pair in _PAIRS, listed=pair in _LISTS)
     models[("codecs", "encode")] = models[("_codecs", "encode")]
-    hashing = {("builtins", name) for name in ("set", "frozenset", "dict", "dict.fromkeys")}
-    hashing |= {("collections", name) for name in ("defaultdict", "OrderedDict", "Counter")}
-    hashing |= {("collections", "OrderedDict.fromkeys")}
     table = {
-        pair: ModelledCallable(".".join(pair), model, hashes=pair in hashing)
+        pair: ModelledCallable(
+            ".".join(pair),
+            model,
+            hashes=pair in _HASHING,
+            pairs=pair in _PAIRS,
+            position=1 if pair == ("collections", "defaultdict") else 0,
+        )
         for pair, model in models.items()
     }
     for name, forward in [

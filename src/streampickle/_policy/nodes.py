@@ -71,9 +71,12 @@ if TYPE_CHECKING or _NODES is None:
         Like every model of an object that holds others (`NESTS`): ``depth`` counts the containers
         nested in it, itself included; ``holders`` names the containers that hold it (see
         `add_holder`; None once nothing it holds can deepen: it never deepens again); ``cost`` is
-        what hashing it, or a copy of it, visits. ``built`` is set by a BUILD on it."""
+        what hashing it, or a copy of it, visits. ``built`` is set by a BUILD on it.
+        ``listed``: it is a list or deque (SETITEM(S) replace its items); ``loose``: how many of
+        the items put in it (APPEND(S), LIST, SETITEM(S) on a list) a sender could make collide
+        when a call hashes them (`streampickle._policy.keys.collidable`)."""
 
-        __slots__ = ("built", "cost", "depth", "hashes", "holders")
+        __slots__ = ("built", "cost", "depth", "hashes", "holders", "listed", "loose")
 
         def __init__(self, size: int | None) -> None:
             self.size = size  # as Sized.__init__, without the call: one of these per container
@@ -81,6 +84,8 @@ if TYPE_CHECKING or _NODES is None:
             self.cost = 1
             self.holders: Any = NO_HOLDERS
             self.built = False
+            self.listed = False
+            self.loose = 0
             #: What is known of its keys' hashes, and how many have each (`Accounts.hash`).
             self.hashes: dict[Any, Any] | None = None
 

@@ -14,6 +14,7 @@ from .._limits import Limits
 from .._opcodes import BY_NAME, LENGTH_FIELDS, MARK, UNFRAMED_HEADERS
 from .accounts import Accounts
 from .allowlist import Allowlist, Pair
+from .keys import collidable
 from .model import (
     ANY,
     ARGS_KEPT,
@@ -251,6 +252,8 @@ class Rules(Accounts):
             built, result = func.model(args)
             if func.hashes:
                 self.hash(args, start)
+                if len(args) > func.position:
+                    self.rehash(args[func.position], func.pairs, start)
         except Refused as exc:
             self._refuse(f"{func.name} at position {start} is given {exc}", start)
             return ANY
@@ -358,9 +361,45 @@ def _container(
     return handle
 
 
-def _grower(count: int | None, per_item: int = 1, hashed: int = 0) -> Handler:
+def _census_for(rules: Rules) -> dict[Any, Any] | None:
+    """The census of a list made now (``Box.hashes``): kept if the list is made for a call
+    that hashes its members, as protocols 0-3 write a set (``set([...])``)."""
+    func = rules.stack[-1] if rules.stack else None
+    return {} if type(func) is ModelledCallable and func.hashes and not func.pairs else None
+
+
+def _appended(rules: Rules, target: Box, items: list[Any], start: int) -> None:
+    """*items* are appended to *target*: count those that could collide, and where the list
+    keeps a census, their hashes (see `streampickle._policy.keys`)."""
+    loose = collidable(items)
+    if loose:
+        target.loose += loose
+        if target.hashes is not None:
+            rules.hash(items, start, target, charge=False)
+
+
+def _empty_list(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    made = Box(0)
+    made.listed = True
+    made.hashes = _census_for(rules)
+    rules.stack.append(made)
+
+
+def _list(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
+    items = rules.pop_mark(name, start)
+    made = Box(len(items))
+    made.listed = True
+    rules.contain(made, items)
+    made.hashes = _census_for(rules)
+    _appended(rules, made, items, start)
+    rules.stack.append(made)
+
+
+def _grower(
+    count: int | None, per_item: int = 1, hashed: int = 0, appends: bool = False
+) -> Handler:
     """APPEND/SETITEM (*count* items) and APPENDS/SETITEMS/ADDITEMS (those above the mark)
-    add to the container below them; *hashed* as for `_container`."""
+    add to the container below them; *hashed* as for `_container`; *appends*: a list's."""
 
     def handle(rules: Rules, name: str, arg: Any, start: int, end: int) -> None:
         if count is None:
@@ -371,8 +410,13 @@ def _grower(count: int | None, per_item: int = 1, hashed: int = 0) -> Handler:
             del rules.stack[-count:]
         target = rules.stack[-1]
         if rules.mutate(name, target, start):
-            if type(target) is Box and target.size is not None:
-                target.size += len(items) // per_item
+            if type(target) is Box:
+                if appends:
+                    _appended(rules, target, items, start)
+                elif target.listed:  # SETITEM(S) replace items of a list
+                    _appended(rules, target, items[1::2], start)
+                if target.size is not None:
+                    target.size += len(items) // per_item
             rules.contain(target, items)
         if hashed:
             rules.hash(items[::hashed], start, target)
@@ -512,18 +556,19 @@ _MODEL: dict[str, Handler] = {
     **dict.fromkeys(_TEXT_OPCODES, _push_text),
     **dict.fromkeys(["BINBYTES", "SHORT_BINBYTES", "BINBYTES8"], _payload_pusher(sized)),
     "BYTEARRAY8": _payload_pusher(Box),
-    **dict.fromkeys(["EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"], _pusher(lambda arg: Box(0))),
+    "EMPTY_LIST": _empty_list,
+    **dict.fromkeys(["EMPTY_DICT", "EMPTY_SET"], _pusher(lambda arg: Box(0))),
     "EMPTY_TUPLE": _pusher(lambda arg: EMPTY_TUPLE),
     "TUPLE": _container(None, Tuple),
     "TUPLE1": _container(1, Tuple),
     "TUPLE2": _container(2, Tuple),
     "TUPLE3": _container(3, Tuple),
-    "LIST": _container(None, lambda items: Box(len(items))),
+    "LIST": _list,
     "DICT": _container(None, lambda items: Box(len(items) // 2), hashed=2),
     "FROZENSET": _container(None, Frozen.of, hashed=1, costs=False),
     "BINPERSID": _builder(1, lambda items: ANY),
-    "APPEND": _grower(1),
-    "APPENDS": _grower(None),
+    "APPEND": _grower(1, appends=True),
+    "APPENDS": _grower(None, appends=True),
     "SETITEM": _grower(2, per_item=2, hashed=2),
     "SETITEMS": _grower(None, per_item=2, hashed=2),
     "ADDITEMS": _grower(None, hashed=1),

@@ -182,6 +182,12 @@ RECORDS = [{"id": i, "name": f"row {i}", "score": i * 0.5, "tags": ["a", "b"]} f
         {i: {j: [j] * 3 for j in range(5)} for i in range(300)},
         [[[[[[i]]]]] for i in range(200)],
         {frozenset([1, 2]), (1, (2, (3,))), 10**30, -(2**63), 2**61, 1.5},
+        [
+            sign * (1 << shift) + step
+            for shift in range(70)
+            for sign in (1, -1)
+            for step in (-1, 0, 1)
+        ],
     ],
     ids=[
         "records",
@@ -190,6 +196,7 @@ RECORDS = [{"id": i, "name": f"row {i}", "score": i * 0.5, "tags": ["a", "b"]} f
         "nested dicts",
         "deep lists",
         "keys the model hashes",
+        "ints of every width",
     ],
 )
 @pytest.mark.parametrize("protocol", [0, 2, 3, 4, 5])

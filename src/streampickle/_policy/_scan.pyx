@@ -15,7 +15,7 @@ where this module is not built, and ``STREAMPICKLE_PURE_PYTHON=1`` forces it.
 
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int32_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from cpython.pyport cimport PY_SSIZE_T_MAX
 
@@ -220,6 +220,7 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
     cdef Py_ssize_t pos = position
     cdef Py_ssize_t done = 0
     cdef Py_ssize_t end, length, mark, below, keep, index, count
+    cdef uint64_t bits
     cdef unsigned char code
     cdef list stack = rules.stack
     cdef list marks = rules.marks
@@ -261,6 +262,19 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                     break
                 stack.append(<long><int32_t>_u32(data + pos + 1))
                 end = pos + 5
+            elif code == 0x8a:  # LONG1 of at most 8 bytes, above -2**63 (`model.BIG`)
+                length = data[pos + 1] if pos + 1 < size else 9
+                if length > 8 or pos + 2 + length > size or 0 <= max_payload < length:
+                    break
+                bits = 0
+                for index in range(length):
+                    bits |= (<uint64_t>data[pos + 2 + index]) << (8 * index)
+                if 0 < length < 8 and data[pos + 1 + length] & 0x80:
+                    bits |= ~((<uint64_t>1 << (8 * length)) - 1)  # negative: extend the sign
+                if bits == (<uint64_t>1 << 63):
+                    break  # -2**63: a `Long`
+                stack.append(<int64_t>bits)
+                end = pos + 2 + length
             elif code == 0x47:  # BINFLOAT
                 if pos + 9 > size:
                     break

@@ -6,10 +6,11 @@ cdef class Sized:
 
 
 cdef class Box(Sized):
-    cdef public bint built
+    # built, listed and loose share one 8-byte slot: a Box stays 80 bytes (pymalloc's class).
+    cdef public unsigned char built
+    cdef public unsigned char listed
+    cdef public int loose  # at most keys.LOOSE_CAP
     cdef public Py_ssize_t cost
     cdef public Py_ssize_t depth
     cdef public dict hashes
     cdef public object holders
-    cdef public bint listed
-    cdef public Py_ssize_t loose

@@ -5,11 +5,11 @@ class Sized:
     def __init__(self, size: int | None) -> None: ...
 
 class Box(Sized):
-    built: bool
+    built: int  # 0 or 1 (a C char), as listed
     cost: int
     depth: int
     hashes: dict[Any, Any] | None
     holders: Any
-    listed: bool
+    listed: int
     loose: int
     def __init__(self, size: int | None) -> None: ...

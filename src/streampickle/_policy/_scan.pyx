@@ -168,6 +168,14 @@ cdef Py_ssize_t _collidable(list items):
     return count
 
 
+cdef int LOOSE_CAP = _keys.LOOSE_CAP
+
+
+cdef inline void _add_loose(Box box, Py_ssize_t count):
+    """`keys.add_loose`."""
+    box.loose = LOOSE_CAP if count > LOOSE_CAP - box.loose else box.loose + count
+
+
 cdef inline bint _plain_keys(list keys):
     return _collidable(keys) == 0
 
@@ -375,7 +383,7 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                     count = _collidable(items)
                     if count and target.hashes is not None:
                         break  # Rules.check counts their hashes (the list is made for a call)
-                    target.loose += count
+                    _add_loose(target, count)
                 del stack[mark:]
                 marks.pop()
                 fence = below
@@ -399,7 +407,7 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                     count = _collidable(items)
                     if count and target.hashes is not None:
                         break
-                    target.loose += count
+                    _add_loose(target, count)
                 del stack[keep:]
                 if target.size is not None:
                     target.size += 1

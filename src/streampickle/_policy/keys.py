@@ -34,8 +34,9 @@ from typing import Any
 from .nodes import Box, Sized
 
 __all__ = [
-    "ARGS_KEPT", "BIG", "OPAQUE", "PLAIN_KEYS", "SMALL_INT",
-    "Frozen", "Long", "Opaque", "Tuple", "collidable", "copy_census", "key_of", "members",
+    "ARGS_KEPT", "BIG", "LOOSE_CAP", "OPAQUE", "PLAIN_KEYS", "SMALL_INT",
+    "Frozen", "Long", "Opaque", "Tuple",
+    "add_loose", "collidable", "copy_census", "key_of", "members",
 ]  # fmt: skip
 
 #: A call's arguments are kept in the model of a tuple up to this many (every modelled
@@ -350,6 +351,15 @@ def key_of(item: Any) -> Any:
 # the items appended to it that could collide (`Box.loose`), for the worst case of the others.
 
 
+#: ``Box.loose`` saturates here (a C int in the accelerator's models).
+LOOSE_CAP = (1 << 31) - 1
+
+
+def add_loose(box: Box, count: int) -> None:
+    """*count* more items of *box* could collide (`collidable`)."""
+    box.loose = min(box.loose + count, LOOSE_CAP)
+
+
 def collidable(items: Any) -> int:
     """How many of *items* a sender could make collide as keys or set members: all but the
     plain ones (`PLAIN_KEYS`, ints below `SMALL_INT`), without looking inside tuples (the
@@ -381,4 +391,4 @@ def copy_census(copy: Box, source: Any, pairs: bool) -> None:
             copy.hashes = source.hashes
     elif kind is Tuple or kind is Frozen:
         held = members(source)
-        copy.loose = (source.size or 0) if held is None else collidable(held)
+        add_loose(copy, (source.size or 0) if held is None else collidable(held))

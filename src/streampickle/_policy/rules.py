@@ -14,7 +14,7 @@ from .._limits import Limits
 from .._opcodes import BY_NAME, LENGTH_FIELDS, MARK, UNFRAMED_HEADERS
 from .accounts import Accounts
 from .allowlist import Allowlist, Pair
-from .keys import collidable
+from .keys import add_loose, collidable
 from .model import (
     ANY,
     ARGS_KEPT,
@@ -373,7 +373,7 @@ def _appended(rules: Rules, target: Box, items: list[Any], start: int) -> None:
     keeps a census, their hashes (see `streampickle._policy.keys`)."""
     loose = collidable(items)
     if loose:
-        target.loose += loose
+        add_loose(target, loose)
         if target.hashes is not None:
             rules.hash(items, start, target, charge=False)
 

@@ -62,9 +62,10 @@ def describe(value: Any, depth: int = 0) -> Any:
     holders = getattr(value, "holders", "-")
     fields.append(holders if holders in ("-", None) else len(holders_of(holders)))
     hashes = getattr(value, "hashes", None)
-    if isinstance(hashes, dict):  # exact hashes' counts, and how many other entries
+    if isinstance(hashes, dict):  # exact hashes' counts, the other entries' counts
         exact = sorted((key, count) for key, count in hashes.items() if type(key) is int)
-        hashes = (exact, len(hashes) - len(exact))
+        others = [count for key, count in hashes.items() if type(key) is not int]
+        hashes = (exact, sorted(count if type(count) is int else -1 for count in others))
     fields.append(hashes)
     items = getattr(value, "items", None)
     if isinstance(items, tuple) and depth < 3:
@@ -182,6 +183,7 @@ RECORDS = [{"id": i, "name": f"row {i}", "score": i * 0.5, "tags": ["a", "b"]} f
         {i: {j: [j] * 3 for j in range(5)} for i in range(300)},
         [[[[[[i]]]]] for i in range(200)],
         {frozenset([1, 2]), (1, (2, (3,))), 10**30, -(2**63), 2**61, 1.5},
+        set(range(2**61, 2**61 + 3000)) | {i / 4 for i in range(3000)} | {5 + 2**61 - 1},
         [
             sign * (1 << shift) + step
             for shift in range(70)
@@ -196,6 +198,7 @@ RECORDS = [{"id": i, "name": f"row {i}", "score": i * 0.5, "tags": ["a", "b"]} f
         "nested dicts",
         "deep lists",
         "keys the model hashes",
+        "a set of numbers",
         "ints of every width",
     ],
 )

@@ -19,6 +19,7 @@ from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from cpython.pyport cimport PY_SSIZE_T_MAX
 
+from . import accounts as _accounts
 from . import keys as _keys
 from . import model as _model
 from ._nodes cimport Box, Sized
@@ -34,6 +35,9 @@ cdef Py_ssize_t COST_CAP = _model.COST_CAP
 cdef long long SMALL_INT = _keys.SMALL_INT
 cdef object PLAIN_KEYS = _keys.PLAIN_KEYS
 cdef object ModelledCallable = _model.ModelledCallable
+cdef object EXACT_KEYS = _accounts._EXACT_KEYS
+cdef object OPAQUE_KEYS = _accounts._OPAQUE_KEYS
+cdef object COLLIDED = _accounts._COLLIDED
 cdef object NoneType = type(None)
 
 
@@ -178,6 +182,38 @@ cdef inline void _add_loose(Box box, Py_ssize_t count):
 
 cdef inline bint _plain_keys(list keys):
     return _collidable(keys) == 0
+
+
+cdef bint _count_hashes(dict seen, list items):
+    """`Accounts.hash` of *items* into the census *seen* of a list made for a call that hashes
+    them (``charge=False``: nothing is charged), where every item is a number or plain; False,
+    having done nothing, where one is not (a tuple, a big int...: left to `Rules.check`)."""
+    cdef type kind
+    cdef Py_ssize_t same, collided = 0
+    cdef long long value
+    cdef int overflow
+    for item in items:
+        kind = type(item)
+        if not (kind is int or kind is float or kind is str or kind is Sized or kind is bool
+                or item is None or kind in PLAIN_KEYS):
+            return False
+    opaque = seen.get(OPAQUE_KEYS, 0)
+    for item in items:
+        kind = type(item)
+        if kind is int:
+            value = PyLong_AsLongLongAndOverflow(item, &overflow)
+            if not overflow and -SMALL_INT < value < SMALL_INT:
+                continue  # its own hash: plain
+        elif kind is not float or item != item:
+            continue  # plain, or a NaN (which never compares equal)
+        key = hash(item)
+        same = seen.get(key, 0)
+        seen[key] = same + 1
+        seen[EXACT_KEYS] = seen.get(EXACT_KEYS, 0) + 1
+        collided += same + opaque
+    if collided:
+        seen[COLLIDED] = min(seen.get(COLLIDED, 0) + collided, COST_CAP)
+    return True
 
 
 cdef inline bint _counted(list stack):
@@ -381,7 +417,8 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                     break
                 elif code == 0x65:
                     count = _collidable(items)
-                    if count and target.hashes is not None:
+                    if (count and target.hashes is not None
+                            and not _count_hashes(target.hashes, items)):
                         break  # Rules.check counts their hashes (the list is made for a call)
                     _add_loose(target, count)
                 del stack[mark:]
@@ -405,7 +442,8 @@ def scan(object rules, bytes frame, Py_ssize_t frame_start, Py_ssize_t position,
                     break
                 elif code == 0x61:
                     count = _collidable(items)
-                    if count and target.hashes is not None:
+                    if (count and target.hashes is not None
+                            and not _count_hashes(target.hashes, items)):
                         break
                     _add_loose(target, count)
                 del stack[keep:]

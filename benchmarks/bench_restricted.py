@@ -12,6 +12,9 @@ Cases (``--cases``):
   ``streampickle.loads(data, allow=[], max_opcodes=None, max_stack_depth=None)`` against
   ``pickle.loads(data)``: time, and peak memory.
 - ``ints``: ``list(range(--ints))`` (1,000,000) at protocol 2, the same two calls.
+- ``numbers``: a set of --ints / 2 ints from 2**40 and as many floats at protocol 2, which
+  writes it as ``set([...])``: restricted with ``allow=ALLOW_BUILTINS`` (for ``set``), the
+  list's census of its members' hashes (docs/security.md) and the ints past 2**31.
 - ``large``: one ``bytes`` object of ``--mb`` MB (300; 1 MB = 10**6 bytes) at protocol 5,
   restricted with each of ``max_payload_size``, ``max_frame_size`` and ``max_object_size``
   that the pickle exceeds lifted (``None``): at 300 MB, ``max_payload_size`` (64 MiB).
@@ -73,13 +76,13 @@ from run_suite import log, machine, names
 import streampickle
 from streampickle._limits import LimitOptions
 
-CASES = ("records", "ints", "large", "stall")
+CASES = ("records", "ints", "numbers", "large", "stall")
 WAYS = ("plain", "restricted")
-PROTOCOL = {"records": 5, "ints": 2, "large": 5, "stall": 5}
-#: The warm-up's size, per case (records, ints, MB, MB).
-WARM = {"records": 1_000, "ints": 10_000, "large": 1.0, "stall": 0.05}
+PROTOCOL = {"records": 5, "ints": 2, "numbers": 2, "large": 5, "stall": 5}
+#: The warm-up's size, per case (records, ints, numbers, MB, MB).
+WARM = {"records": 1_000, "ints": 10_000, "numbers": 10_000, "large": 1.0, "stall": 0.05}
 #: The project's targets: restricted / plain at most this (time; memory for ``large``).
-TIME_TARGET = {"records": 3.0, "ints": 3.0, "large": 1.3}
+TIME_TARGET = {"records": 3.0, "ints": 3.0, "numbers": 3.0, "large": 1.3}
 MEMORY_TARGET = 1.2
 TICK = 0.001  # seconds the ticker sleeps
 PREFIX = struct.Struct("!Q")  # the sender's length prefix
@@ -113,6 +116,9 @@ def build(case: str, size: float) -> Any:
         return [record(i) for i in range(int(size))]
     if case == "ints":
         return list(range(int(size)))
+    if case == "numbers":
+        half = int(size) // 2
+        return {2**40 + i for i in range(half)} | {i / 3 for i in range(half)}
     if case == "large":
         return large(size)
     return records_of(size)
@@ -122,7 +128,7 @@ def lifted(case: str, data: bytes, payload: int = 0) -> LimitOptions:
     """The limits a restricted load of *case* lifts: for ``large`` (*payload*: its bytes),
     each of ``max_payload_size``, ``max_frame_size`` and ``max_object_size`` that the pickle
     *data* exceeds."""
-    if case in ("records", "ints"):
+    if case in ("records", "ints", "numbers"):
         return {"max_opcodes": None, "max_stack_depth": None}
     if case == "stall":
         return {"max_opcodes": None, "max_stack_depth": None, "max_memo_size": None}
@@ -144,10 +150,11 @@ def frames(data: bytes) -> list[int]:
     return sizes
 
 
-def loader(way: str, limits: LimitOptions) -> Callable[[bytes], Any]:
+def loader(way: str, limits: LimitOptions, case: str) -> Callable[[bytes], Any]:
     if way == "plain":
         return pickle.loads
-    return lambda data: streampickle.loads(data, allow=[], **limits)
+    allow: Any = streampickle.ALLOW_BUILTINS if case == "numbers" else []
+    return lambda data: streampickle.loads(data, allow=allow, **limits)
 
 
 def sha256(data: bytes) -> str:
@@ -179,7 +186,7 @@ def load_role(args: argparse.Namespace) -> dict[str, Any]:
     obj = build(args.case, args.size)
     data = pickle.dumps(obj, protocol)
     limits = lifted(args.case, data, len(obj) if args.case == "large" else 0)
-    load = loader(args.way, limits)
+    load = loader(args.way, limits, args.case)
     expected = sha256(obj) if args.case == "large" else None
     if expected is not None:
         del obj  # compared by digest: not held during the load
@@ -337,7 +344,7 @@ def receive_role(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def size_of(args: argparse.Namespace, case: str) -> float:
-    sizes = {"records": args.records, "ints": args.ints, "large": args.mb}
+    sizes = {"records": args.records, "ints": args.ints, "numbers": args.ints, "large": args.mb}
     return float(sizes.get(case, args.stall_mb))
 
 
@@ -459,6 +466,7 @@ def stall_lines(row: dict[str, Any], lifts: str) -> list[str]:
 DESCRIPTIONS = {
     "records": "records: small dicts, protocol 5",
     "ints": "ints: `list(range(n))`, protocol 2",
+    "numbers": "numbers: a set of big ints and floats, protocol 2",
     "large": "large: one `bytes`, protocol 5",
 }
 STALL_WAYS = (
@@ -490,17 +498,19 @@ def markdown(report: dict[str, Any]) -> str:
         "way alternate, each round's ratio is restricted / plain of that round. *Time*: the "
         "one load call. *+MiB*: peak RSS during it minus RSS before it (the kernel's peak "
         "mark reset just before; not tracemalloc), so it includes the built object. "
-        "Restricted: `streampickle.loads(data, allow=[], ...)`, these limits lifted (`None`): "
+        "Restricted: `streampickle.loads(data, allow=[], ...)` (numbers: "
+        "`allow=ALLOW_BUILTINS`, for `set`), these limits lifted (`None`): "
         + "; ".join(f"{case}: {lift or 'none'}" for case, lift in lifts.items() if case != "stall")
         + ". Payloads: "
         f"{config['records']:,} records (`{{'id': i, 'name': f'row {{i}}', 'score': i * 0.5, "
-        f"'tags': ['a', 'b']}}`), `list(range({config['ints']:,}))`, one `bytes` of "
+        f"'tags': ['a', 'b']}}`), `list(range({config['ints']:,}))`, a set of "
+        f"{config['ints'] // 2:,} ints from 2**40 and as many floats, one `bytes` of "
         f"{config['mb']:g} MB. The project's targets: records and ints within 3x of "
         "`pickle.loads`, the large payload within 1.3x in time and 1.2x in memory, the event "
         "loop yielded at least once per frame. The machine (2 cores) was busy with other "
         "work, which stretches times and stalls unevenly: the ranges show how much.",
         "",
-        *(load_lines([rows[case] for case in ("records", "ints", "large") if case in rows])),
+        *(load_lines([rows[case] for case in CASES if case in rows and case != "stall"])),
     ]
     if "stall" in rows:
         lines += stall_lines(rows["stall"], lifts["stall"])

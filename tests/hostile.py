@@ -295,17 +295,23 @@ def _colliding_ints(count: int) -> list[bytes]:
 
 def colliding_set_call(count: int) -> bytes:
     """What protocols 0-3 write for a set, ``set([...])``, of *count* ints that all hash to 5."""
-    members = _appended(_colliding_ints(count))
-    return PROTO + glob("builtins", "set") + members + TUPLE1 + REDUCE + STOP
+    return colliding_call("builtins", "set", count, proto=PROTO)
 
 
-def colliding_call(module: str, name: str, count: int, pairs: bool, factory: bool) -> bytes:
+def colliding_call(
+    module: str,
+    name: str,
+    count: int,
+    pairs: bool = False,
+    factory: bool = False,
+    proto: bytes = b"\x80\x04",  # protocol 4 finds dotted names (``dict.fromkeys``)
+) -> bytes:
     """``module.name([...])`` of *count* colliding ints (with *pairs*, of ``(int, None)``
     pairs; with *factory*, ``module.name(None, [...])``, as for a defaultdict)."""
     items = _colliding_ints(count)
     listed = _appended([item + NONE + TUPLE2 for item in items] if pairs else items)
     args = NONE + listed + TUPLE2 if factory else listed + TUPLE1
-    return b"\x80\x04" + glob(module, name) + args + REDUCE + STOP
+    return proto + glob(module, name) + args + REDUCE + STOP
 
 
 def colliding_list_reused(count: int) -> bytes:

@@ -397,6 +397,8 @@ def numpy_array_state(state: Any) -> bool:
 #: and those of them that hash the keys of a mapping or of pairs.
 _PAIRS = {("builtins", "dict"), ("collections", "OrderedDict"), ("collections", "defaultdict")}
 _LISTS = {("builtins", "list"), ("builtins", "sorted"), ("collections", "deque")}
+#: Where the iterable or mapping a copying call takes is, if not first.
+_POSITION = {("collections", "defaultdict"): 1}
 _HASHING = _PAIRS | {
     ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "dict.fromkeys"),
     ("collections", "Counter"), ("collections", "OrderedDict.fromkeys"),
@@ -410,7 +412,6 @@ def _table() -> dict[Pair, ModelledCallable]:
         ("builtins", "range"): _range,
         ("_codecs", "encode"): lambda args: (size := _encoded_size(*args[:3]), sized(size)),
         ("decimal", "Decimal"): _decimal,
-        ("collections", "defaultdict"): _copy(Box, position=1, pairs=True),
         ("numpy", "dtype"): _numpy_dtype,
         ("numpy", "ndarray"): _numpy_ndarray,
         **{(module, "_reconstruct"): _numpy_reconstruct for module in _NUMPY_MODULES},
@@ -421,9 +422,9 @@ def _table() -> dict[Pair, ModelledCallable]:
         (("builtins", "dict"), Box), (("builtins", "dict.fromkeys"), Box),
         (("builtins", "sorted"), Box), (("collections", "deque"), Box),
         (("collections", "OrderedDict"), Box), (("collections", "OrderedDict.fromkeys"), Box),
-        (("collections", "Counter"), Box),
+        (("collections", "Counter"), Box), (("collections", "defaultdict"), Box),
     ]:  # fmt: skip
-        models[pair] = _copy(result, pairs=pair in _PAIRS, listed=pair in _LISTS)
+        models[pair] = _copy(result, _POSITION.get(pair, 0), pair in _PAIRS, pair in _LISTS)
     models[("codecs", "encode")] = models[("_codecs", "encode")]
     table = {
         pair: ModelledCallable(
@@ -431,7 +432,7 @@ def _table() -> dict[Pair, ModelledCallable]:
             model,
             hashes=pair in _HASHING,
             pairs=pair in _PAIRS,
-            position=1 if pair == ("collections", "defaultdict") else 0,
+            position=_POSITION.get(pair, 0),
         )
         for pair, model in models.items()
     }
